@@ -1,0 +1,17 @@
+//! Protocol buffers of T-Bird's services and the gRPC code generated from them.
+//!
+//! Each package is a module named after its proto package (`snowflake::v1`, ...). The
+//! generated types stay at the edge: services convert them into validated domain types.
+//! [`FILE_DESCRIPTOR_SET`] holds every package, for the reflection service.
+
+/// The encoded file descriptor set of every package, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// Snowflake, the id service.
+pub mod snowflake {
+    /// Version 1 of the id service.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("snowflake.v1");
+    }
+}

@@ -1,0 +1,88 @@
+//! A client for the id service: connects with a deadline and sets one on every call.
+
+use std::time::Duration;
+
+use proto::snowflake::v1::{GetIdRequest, GetIdsRequest, snowflake_client::SnowflakeClient};
+use tonic::transport::{Channel, Endpoint};
+
+/// The deadline of each call unless the caller picks another.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("snowflake refused: {}", .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+/// A connection to one daemon; cheap to clone, and clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: SnowflakeClient<Channel>,
+    user_agent: String,
+}
+
+impl Client {
+    /// Connects to `addr` (`HOST:PORT` or `http://HOST:PORT`) within `timeout`, which also
+    /// bounds each call.
+    pub async fn connect(
+        addr: &str,
+        user_agent: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::Address {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let inner = SnowflakeClient::new(channel).max_decoding_message_size(64 << 20);
+        Ok(Self {
+            inner,
+            user_agent: user_agent.to_owned(),
+        })
+    }
+
+    /// Returns the generated client, for the calls this type does not wrap.
+    pub fn raw(&self) -> SnowflakeClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Returns one id.
+    pub async fn get_id(&self) -> Result<u64, ClientError> {
+        let request = GetIdRequest {
+            user_agent: self.user_agent.clone(),
+        };
+        Ok(self.inner.clone().get_id(request).await?.into_inner().id)
+    }
+
+    /// Returns `count` strictly increasing ids.
+    pub async fn get_ids(&self, count: u32) -> Result<Vec<u64>, ClientError> {
+        let request = GetIdsRequest {
+            user_agent: self.user_agent.clone(),
+            count,
+        };
+        Ok(self.inner.clone().get_ids(request).await?.into_inner().ids)
+    }
+}

@@ -1,0 +1,174 @@
+//! The daemon's configuration: a TOML file (kebab-case keys, human durations), overridden by
+//! `SNOWFLAKE_*` environment variables and flags in the binary, then [`Config::validate`]d.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    id::{MAX_DATACENTER_ID, MAX_WORKER_ID},
+    lease::LeaseSettings,
+    service::DEFAULT_MAX_BATCH,
+    worker::DEFAULT_CLOCK_TOLERANCE_MS,
+};
+
+/// The largest batch a daemon may be configured to hand out in one call.
+pub const MAX_BATCH_LIMIT: u32 = 1_000_000;
+
+/// Everything `snowflake serve` can be told.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Address of the gRPC service.
+    pub listen: SocketAddr,
+    /// Address of the HTTP endpoint serving `/metrics`; none to turn it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Datacenter id, 0 to 31.
+    pub datacenter_id: u8,
+    /// Worker id, 0 to 31: static, or the one to lease when `lease-url` is set.
+    pub worker_id: Option<u8>,
+    /// Lease the worker id from this database (`mysql://...` or `sqlite://PATH`).
+    pub lease_url: Option<String>,
+    /// How long a lease lasts without renewal; ids stop within this time when the lease
+    /// database is gone.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long start-up waits for a leased worker id held by another daemon (default: twice
+    /// the lease time, enough for a crashed daemon's lease to run out).
+    #[serde(with = "humantime_serde")]
+    pub lease_acquire_timeout: Option<Duration>,
+    /// A backward clock step up to this long is waited out; a longer one refuses ids.
+    #[serde(with = "humantime_serde")]
+    pub clock_tolerance: Duration,
+    /// The largest `GetIds` batch.
+    pub max_batch: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7609)),
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9990))),
+            datacenter_id: 0,
+            worker_id: None,
+            lease_url: None,
+            lease_ttl: Duration::from_secs(10),
+            lease_acquire_timeout: None,
+            clock_tolerance: Duration::from_millis(DEFAULT_CLOCK_TOLERANCE_MS),
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// A configuration that cannot run, with the setting named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Checks that the settings can run together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.datacenter_id > MAX_DATACENTER_ID {
+            return invalid(format!(
+                "datacenter-id {} is over the maximum {MAX_DATACENTER_ID}",
+                self.datacenter_id
+            ));
+        }
+        if let Some(worker_id) = self.worker_id.filter(|&w| w > MAX_WORKER_ID) {
+            return invalid(format!(
+                "worker-id {worker_id} is over the maximum {MAX_WORKER_ID}"
+            ));
+        }
+        if self.worker_id.is_none() && self.lease_url.is_none() {
+            return invalid(
+                "set worker-id for a static worker id, or lease-url to lease one".into(),
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return invalid(format!(
+                "lease-ttl {:?} is under the minimum 300ms",
+                self.lease_ttl
+            ));
+        }
+        if self.clock_tolerance > Duration::from_secs(1) {
+            return invalid(format!(
+                "clock-tolerance {:?} is over the maximum 1s: longer waits stall every caller",
+                self.clock_tolerance
+            ));
+        }
+        if !(1..=MAX_BATCH_LIMIT).contains(&self.max_batch) {
+            return invalid(format!(
+                "max-batch {} is out of range: expected 1 to {MAX_BATCH_LIMIT}",
+                self.max_batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// Returns the lease settings these options describe.
+    pub fn lease_settings(&self) -> LeaseSettings {
+        LeaseSettings {
+            datacenter_id: self.datacenter_id,
+            worker_id: self.worker_id,
+            ttl: self.lease_ttl,
+            acquire_timeout: self.lease_acquire_timeout.unwrap_or(self.lease_ttl * 2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("snowflake.example.toml");
+        let config = Config::from_file(&path).expect("example parses");
+        config.validate().expect("example is valid");
+        assert_eq!(config.lease_ttl, Duration::from_secs(10));
+        assert!(config.lease_url.is_some());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let config = Config {
+            worker_id: Some(32),
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("worker id 32 is out of range");
+        assert!(err.to_string().contains("worker-id 32"), "{err}");
+
+        let err = Config::default()
+            .validate()
+            .expect_err("no worker id source");
+        assert!(err.to_string().contains("lease-url"), "{err}");
+
+        let err = toml::from_str::<Config>("worker-idd = 3").expect_err("unknown key");
+        assert!(err.to_string().contains("worker-idd"), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! `snowflake`: the id daemon and its command-line tools.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use snowflake::{
+    bench::{self, BenchSettings},
+    client::Client,
+    clock::SystemClock,
+    config::Config,
+    id::IdParts,
+    server,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "snowflake",
+    version,
+    about = "Issues unique, time-ordered 64-bit ids over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the id daemon.
+    Serve(ServeArgs),
+    /// Ask a daemon for ids and print one per line.
+    Get {
+        /// Daemon address, HOST:PORT.
+        #[arg(long, env = "SNOWFLAKE_ADDR", default_value = "127.0.0.1:7609")]
+        addr: String,
+        /// How many ids.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// User agent to ask as: [a-zA-Z][a-zA-Z0-9-]*.
+        #[arg(long, default_value = "snowflake-cli")]
+        agent: String,
+        /// Deadline for connecting and for the call.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print the time, datacenter, worker and sequence of ids.
+    Decode {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Load a daemon and report ids/s and latency percentiles.
+    Bench {
+        #[arg(long, env = "SNOWFLAKE_ADDR", default_value = "127.0.0.1:7609")]
+        addr: String,
+        /// Callers in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// How long to run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Ids per call: 1 uses GetId, more use GetIds.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// HTTP/2 connections the callers share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+}
+
+/// Flags of `serve`; each overrides the config file and has a SNOWFLAKE_* variable.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (see snowflake/snowflake.example.toml).
+    #[arg(long, env = "SNOWFLAKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC address [default: 0.0.0.0:7609].
+    #[arg(long, env = "SNOWFLAKE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Metrics address, serving /metrics [default: 0.0.0.0:9990].
+    #[arg(long, env = "SNOWFLAKE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve no metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Datacenter id, 0 to 31 [default: 0].
+    #[arg(long, env = "SNOWFLAKE_DATACENTER_ID")]
+    datacenter_id: Option<u8>,
+    /// Worker id, 0 to 31: static, or the one to lease with --lease-url.
+    #[arg(long, env = "SNOWFLAKE_WORKER_ID")]
+    worker_id: Option<u8>,
+    /// Lease the worker id from mysql://USER@HOST:PORT/DB or sqlite://PATH.
+    #[arg(long, env = "SNOWFLAKE_LEASE_URL")]
+    lease_url: Option<String>,
+    /// Lease time-to-live [default: 10s].
+    #[arg(long, env = "SNOWFLAKE_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// How long start-up waits for a worker id held elsewhere [default: twice the lease ttl].
+    #[arg(long, env = "SNOWFLAKE_LEASE_ACQUIRE_TIMEOUT", value_parser = humantime::parse_duration)]
+    lease_acquire_timeout: Option<Duration>,
+    /// Backward clock steps up to this long are waited out [default: 5ms].
+    #[arg(long, env = "SNOWFLAKE_CLOCK_TOLERANCE", value_parser = humantime::parse_duration)]
+    clock_tolerance: Option<Duration>,
+    /// Largest GetIds batch [default: 100000].
+    #[arg(long, env = "SNOWFLAKE_MAX_BATCH")]
+    max_batch: Option<u32>,
+    /// Fault injection for tests: shift the daemon's clock by this many milliseconds.
+    #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
+    clock_offset_ms: i64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { config.$field = v.clone().into(); } )* };
+        }
+        overlay!(
+            listen,
+            datacenter_id,
+            worker_id,
+            lease_url,
+            lease_ttl,
+            lease_acquire_timeout
+        );
+        overlay!(clock_tolerance, max_batch, metrics_listen);
+        if self.no_metrics {
+            config.metrics_listen = None;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Get {
+            addr,
+            count,
+            agent,
+            timeout,
+        } => {
+            let client = Client::connect(&addr, &agent, timeout).await?;
+            let ids = if count == 1 {
+                vec![client.get_id().await?]
+            } else {
+                client.get_ids(count).await?
+            };
+            let lines: Vec<String> = ids.iter().map(u64::to_string).collect();
+            println!("{}", lines.join("\n"));
+            Ok(())
+        }
+        Command::Decode { ids } => {
+            for id in ids {
+                let parts = IdParts::decompose(id).with_context(|| format!("decode {id}"))?;
+                println!("{id}: {parts}");
+            }
+            Ok(())
+        }
+        Command::Bench {
+            addr,
+            concurrency,
+            duration,
+            batch,
+            connections,
+        } => {
+            if concurrency == 0 || batch == 0 {
+                bail!("--concurrency and --batch must be at least 1");
+            }
+            let settings = BenchSettings {
+                addr,
+                concurrency,
+                duration,
+                batch,
+                connections,
+            };
+            println!("{}", bench::run(settings).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    if let Some(addr) = config.metrics_listen {
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets_for_metric(
+                Matcher::Suffix("duration_seconds".into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5,
+                ],
+            )
+            .context("configure metrics")?
+            .install()
+            .with_context(|| format!("serve metrics on {addr}"))?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let clock = Arc::new(SystemClock::with_offset(args.clock_offset_ms));
+    server::run(listener, config, clock, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

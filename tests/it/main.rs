@@ -1,0 +1,5 @@
+//! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
+//! real MariaDB servers from the harness, real SQLite files.
+
+mod snowflake_daemon;
+mod snowflake_leases;

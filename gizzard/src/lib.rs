@@ -1,1 +1,7 @@
-//! placeholder
+//! Gizzard: a sharding framework. A forwarding table maps hash ranges of a key to shard trees;
+//! each tree replicates over tables on several hosts; a durable job queue retries failed
+//! writes and runs copy, diff and repair jobs.
+//!
+//! - [`db`]: the nameserver database (MySQL or SQLite) with a deadline on every operation.
+
+pub mod db;

@@ -1,0 +1,136 @@
+//! The nameserver database: MySQL (`mysql://USER@HOST:PORT/DB`) in production, SQLite
+//! (`sqlite://PATH`) embedded. The nameserver store and the job queue both live in it.
+//!
+//! Every operation runs under the database's deadline: mysql_async has no connect timeout of
+//! its own, and a paused server would otherwise hang a caller forever. SQLite work runs on a
+//! blocking thread, one connection at a time.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
+
+/// The default deadline of one database operation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("mysql: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// A connection pool (MySQL) or a connection (SQLite), with a deadline per operation.
+#[derive(Clone)]
+pub enum Database {
+    Mysql { pool: mysql_async::Pool, timeout: Duration },
+    Sqlite { conn: Arc<Mutex<rusqlite::Connection>>, timeout: Duration },
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mysql { .. } => f.write_str("Database::Mysql"),
+            Self::Sqlite { .. } => f.write_str("Database::Sqlite"),
+        }
+    }
+}
+
+impl Database {
+    /// Opens the database at `url`; each later operation is bounded by `timeout`.
+    pub async fn open(url: &str, timeout: Duration) -> Result<Self, DbError> {
+        let bad_url = |reason: String| DbError::Url { url: url.to_owned(), reason };
+        if url.starts_with("mysql://") {
+            let opts = Opts::from_url(url).map_err(|e| bad_url(e.to_string()))?;
+            let constraints = PoolConstraints::new(0, 32).expect("0 <= 32");
+            let opts = OptsBuilder::from_opts(opts)
+                // Count matched rows, so an update that changes nothing still reports a match.
+                .client_found_rows(true)
+                .prefer_socket(false)
+                .init(vec!["SET time_zone = '+00:00'"])
+                .pool_opts(PoolOpts::default().with_constraints(constraints));
+            let db = Self::Mysql { pool: mysql_async::Pool::new(opts), timeout };
+            // Fail now, with a clear error, when the server is unreachable.
+            db.mysql(|mut conn| async move { conn.ping().await }).await?;
+            Ok(db)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(bad_url("no file path after sqlite://".into()));
+            }
+            let path = PathBuf::from(path);
+            let conn = tokio::task::spawn_blocking(move || open_sqlite(&path, timeout))
+                .await
+                .map_err(|e| DbError::Task(e.to_string()))??;
+            Ok(Self::Sqlite { conn: Arc::new(Mutex::new(conn)), timeout })
+        } else {
+            Err(bad_url("expected mysql://USER@HOST:PORT/DB or sqlite://PATH".into()))
+        }
+    }
+
+    /// Returns the deadline of one operation.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Mysql { timeout, .. } | Self::Sqlite { timeout, .. } => *timeout,
+        }
+    }
+
+    /// Runs `op` on a pooled MySQL connection under the deadline. Panics on SQLite: callers
+    /// match on the variant first.
+    pub async fn mysql<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: FnOnce(mysql_async::Conn) -> Fut,
+        Fut: Future<Output = Result<T, mysql_async::Error>>,
+    {
+        let Self::Mysql { pool, timeout } = self else { panic!("mysql() on a SQLite database") };
+        let work = async {
+            let conn = pool.get_conn().await?;
+            op(conn).await
+        };
+        match tokio::time::timeout(*timeout, work).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Timeout(*timeout)),
+        }
+    }
+
+    /// Runs `op` on the SQLite connection on a blocking thread under the deadline. Panics on
+    /// MySQL: callers match on the variant first.
+    pub async fn sqlite<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let Self::Sqlite { conn, timeout } = self else { panic!("sqlite() on a MySQL database") };
+        let conn = conn.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            op(&mut conn)
+        });
+        match tokio::time::timeout(*timeout, task).await {
+            Ok(Ok(result)) => result.map_err(DbError::from),
+            Ok(Err(join)) => Err(DbError::Task(join.to_string())),
+            Err(_) => Err(DbError::Timeout(*timeout)),
+        }
+    }
+}
+
+fn open_sqlite(path: &std::path::Path, timeout: Duration) -> Result<rusqlite::Connection, DbError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL with synchronous=FULL: an acknowledged change survives a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}

@@ -3,5 +3,10 @@
 //! writes and runs copy, diff and repair jobs.
 //!
 //! - [`db`]: the nameserver database (MySQL or SQLite) with a deadline on every operation.
+//! - [`nameserver`]: the topology model (shards, links, forwardings, hosts), its stores, and
+//!   the immutable routing snapshot every server polls for.
+//! - [`scheduler`]: the durable job queue in the nameserver database, and its workers.
 
 pub mod db;
+pub mod nameserver;
+pub mod scheduler;

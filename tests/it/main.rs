@@ -1,5 +1,7 @@
 //! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
 //! real MariaDB servers from the harness, real SQLite files.
 
+mod gizzard_nameserver;
+mod gizzard_scheduler;
 mod snowflake_daemon;
 mod snowflake_leases;

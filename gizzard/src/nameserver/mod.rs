@@ -1,0 +1,1 @@
+//! The nameserver: the sharding topology, its stores and the routing snapshot.

@@ -1,0 +1,1 @@
+//! The durable job queue and its workers.

@@ -1,0 +1,1 @@
+//! Gizzard nameserver tests against MariaDB and SQLite.

@@ -1,0 +1,1 @@
+//! Gizzard job queue tests against MariaDB and SQLite.

@@ -3,7 +3,10 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/snowflake/v1/snowflake.proto"];
+const PROTOS: &[&str] = &[
+    "proto/snowflake/v1/snowflake.proto",
+    "proto/gizzard/v1/gizzard.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;

@@ -49,8 +49,20 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
-    /// Opens the database at `url`; each later operation is bounded by `timeout`.
+    /// Opens the database at `url` and checks that it answers; each later operation is
+    /// bounded by `timeout`.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, DbError> {
+        let db = Self::open_lazy(url, timeout).await?;
+        if let Self::Mysql { .. } = &db {
+            // Fail now, with a clear error, when the server is unreachable.
+            db.mysql(|mut conn| async move { conn.ping().await }).await?;
+        }
+        Ok(db)
+    }
+
+    /// Opens the database at `url` without waiting for a MySQL server to answer: a shard host
+    /// that is down must not keep the proxy from starting.
+    pub async fn open_lazy(url: &str, timeout: Duration) -> Result<Self, DbError> {
         let bad_url = |reason: String| DbError::Url { url: url.to_owned(), reason };
         if url.starts_with("mysql://") {
             let opts = Opts::from_url(url).map_err(|e| bad_url(e.to_string()))?;
@@ -61,10 +73,7 @@ impl Database {
                 .prefer_socket(false)
                 .init(vec!["SET time_zone = '+00:00'"])
                 .pool_opts(PoolOpts::default().with_constraints(constraints));
-            let db = Self::Mysql { pool: mysql_async::Pool::new(opts), timeout };
-            // Fail now, with a clear error, when the server is unreachable.
-            db.mysql(|mut conn| async move { conn.ping().await }).await?;
-            Ok(db)
+            Ok(Self::Mysql { pool: mysql_async::Pool::new(opts), timeout })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(bad_url("no file path after sqlite://".into()));

@@ -15,3 +15,12 @@ pub mod snowflake {
         tonic::include_proto!("snowflake.v1");
     }
 }
+
+/// Gizzard, the sharding framework's admin service.
+pub mod gizzard {
+    /// Version 1 of the admin service.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("gizzard.v1");
+    }
+}

@@ -2,7 +2,11 @@
 //! [`IdWorker`], and records the metrics operators watch (ids per agent, refusals by reason,
 //! latency per method).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Instant,
+};
 
 use proto::snowflake::v1::{
     GetDatacenterIdRequest, GetDatacenterIdResponse, GetIdRequest, GetIdResponse, GetIdsRequest,
@@ -70,17 +74,54 @@ fn refusal_reason(err: &IdError) -> &'static str {
     }
 }
 
+/// Distinct user agents counted by name; later ones are counted as `other`, so a client
+/// inventing agents cannot grow the metrics without bound.
+pub const MAX_COUNTED_AGENTS: usize = 1_000;
+
+/// The per-agent id counters, looked up once per agent rather than once per call.
+#[derive(Debug, Default)]
+struct AgentCounters {
+    counters: RwLock<HashMap<String, metrics::Counter>>,
+}
+
+impl AgentCounters {
+    fn get(&self, agent: &str) -> metrics::Counter {
+        if let Some(counter) = self
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(agent)
+        {
+            return counter.clone();
+        }
+        let mut counters = self
+            .counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if counters.len() >= MAX_COUNTED_AGENTS {
+            return metrics::counter!("snowflake_ids_issued_total", "agent" => "other");
+        }
+        let counter = metrics::counter!("snowflake_ids_issued_total", "agent" => agent.to_owned());
+        counters.entry(agent.to_owned()).or_insert(counter).clone()
+    }
+}
+
 /// Implements `snowflake.v1.Snowflake` over one worker.
 #[derive(Debug, Clone)]
 pub struct SnowflakeService {
     worker: Arc<IdWorker>,
     max_batch: u32,
+    agents: Arc<AgentCounters>,
 }
 
 impl SnowflakeService {
     /// Returns the service; `GetIds` accepts counts from 1 to `max_batch`.
     pub fn new(worker: Arc<IdWorker>, max_batch: u32) -> Self {
-        Self { worker, max_batch }
+        Self {
+            worker,
+            max_batch,
+            agents: Arc::default(),
+        }
     }
 
     /// Returns the tonic server for this service, with message limits that fit `max_batch`.
@@ -115,8 +156,7 @@ impl SnowflakeService {
         };
         match result {
             Ok(ids) => {
-                metrics::counter!("snowflake_ids_issued_total", "agent" => agent.to_owned())
-                    .increment(ids.len() as u64);
+                self.agents.get(agent).increment(ids.len() as u64);
                 Ok(ids)
             }
             Err(err) => {

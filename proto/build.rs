@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/snowflake/v1/snowflake.proto",
     "proto/gizzard/v1/gizzard.proto",
+    "proto/tbird/v1/tbird.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -24,3 +24,12 @@ pub mod gizzard {
         tonic::include_proto!("gizzard.v1");
     }
 }
+
+/// T-Bird, the tweet service.
+pub mod tbird {
+    /// Version 1 of the tweet service.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("tbird.v1");
+    }
+}

@@ -35,8 +35,14 @@ pub enum DbError {
 /// A connection pool (MySQL) or a connection (SQLite), with a deadline per operation.
 #[derive(Clone)]
 pub enum Database {
-    Mysql { pool: mysql_async::Pool, timeout: Duration },
-    Sqlite { conn: Arc<Mutex<rusqlite::Connection>>, timeout: Duration },
+    Mysql {
+        pool: mysql_async::Pool,
+        timeout: Duration,
+    },
+    Sqlite {
+        conn: Arc<Mutex<rusqlite::Connection>>,
+        timeout: Duration,
+    },
 }
 
 impl std::fmt::Debug for Database {
@@ -55,7 +61,8 @@ impl Database {
         let db = Self::open_lazy(url, timeout).await?;
         if let Self::Mysql { .. } = &db {
             // Fail now, with a clear error, when the server is unreachable.
-            db.mysql(|mut conn| async move { conn.ping().await }).await?;
+            db.mysql(|mut conn| async move { conn.ping().await })
+                .await?;
         }
         Ok(db)
     }
@@ -63,7 +70,10 @@ impl Database {
     /// Opens the database at `url` without waiting for a MySQL server to answer: a shard host
     /// that is down must not keep the proxy from starting.
     pub async fn open_lazy(url: &str, timeout: Duration) -> Result<Self, DbError> {
-        let bad_url = |reason: String| DbError::Url { url: url.to_owned(), reason };
+        let bad_url = |reason: String| DbError::Url {
+            url: url.to_owned(),
+            reason,
+        };
         if url.starts_with("mysql://") {
             let opts = Opts::from_url(url).map_err(|e| bad_url(e.to_string()))?;
             let constraints = PoolConstraints::new(0, 32).expect("0 <= 32");
@@ -73,7 +83,10 @@ impl Database {
                 .prefer_socket(false)
                 .init(vec!["SET time_zone = '+00:00'"])
                 .pool_opts(PoolOpts::default().with_constraints(constraints));
-            Ok(Self::Mysql { pool: mysql_async::Pool::new(opts), timeout })
+            Ok(Self::Mysql {
+                pool: mysql_async::Pool::new(opts),
+                timeout,
+            })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(bad_url("no file path after sqlite://".into()));
@@ -82,9 +95,14 @@ impl Database {
             let conn = tokio::task::spawn_blocking(move || open_sqlite(&path, timeout))
                 .await
                 .map_err(|e| DbError::Task(e.to_string()))??;
-            Ok(Self::Sqlite { conn: Arc::new(Mutex::new(conn)), timeout })
+            Ok(Self::Sqlite {
+                conn: Arc::new(Mutex::new(conn)),
+                timeout,
+            })
         } else {
-            Err(bad_url("expected mysql://USER@HOST:PORT/DB or sqlite://PATH".into()))
+            Err(bad_url(
+                "expected mysql://USER@HOST:PORT/DB or sqlite://PATH".into(),
+            ))
         }
     }
 
@@ -102,7 +120,9 @@ impl Database {
         F: FnOnce(mysql_async::Conn) -> Fut,
         Fut: Future<Output = Result<T, mysql_async::Error>>,
     {
-        let Self::Mysql { pool, timeout } = self else { panic!("mysql() on a SQLite database") };
+        let Self::Mysql { pool, timeout } = self else {
+            panic!("mysql() on a SQLite database")
+        };
         let work = async {
             let conn = pool.get_conn().await?;
             op(conn).await
@@ -120,7 +140,9 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
-        let Self::Sqlite { conn, timeout } = self else { panic!("sqlite() on a MySQL database") };
+        let Self::Sqlite { conn, timeout } = self else {
+            panic!("sqlite() on a MySQL database")
+        };
         let conn = conn.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);

@@ -6,7 +6,16 @@
 //! - [`nameserver`]: the topology model (shards, links, forwardings, hosts), its stores, and
 //!   the immutable routing snapshot every server polls for.
 //! - [`scheduler`]: the durable job queue in the nameserver database, and its workers.
+//! - [`shards`]: routing trees (Replicating, ReadOnly, WriteOnly, Blocked, BlackHole, leaves),
+//!   failure accrual, the application's physical shard types, and the write path.
+//! - [`manager`]: the admin gRPC service `gizzard.v1.ShardManager`.
+//! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
+//! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
 
 pub mod db;
+pub mod gizzmo;
+pub mod manager;
 pub mod nameserver;
 pub mod scheduler;
+pub mod server;
+pub mod shards;

@@ -1,7 +1,9 @@
 //! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
 //! real MariaDB servers from the harness, real SQLite files.
 
+mod gizzard_cluster;
 mod gizzard_nameserver;
 mod gizzard_scheduler;
+mod gizzmo_cli;
 mod snowflake_daemon;
 mod snowflake_leases;

@@ -3,10 +3,16 @@
 //!
 //! - [`mariadb`]: private `mariadbd` instances on free loopback ports, started from a cached
 //!   template datadir, which tests can stop, kill, pause, resume and restart.
+//! - [`cluster`]: a Gizzard cluster (nameserver server, shard servers, an in-process proxy
+//!   running the key-value application).
+//! - [`kv`]: a small key-value application on Gizzard, to exercise the framework on real
+//!   tables.
 //! - [`binary`]: builds and locates the workspace's binaries, for tests that run a daemon as
 //!   a real process (to SIGKILL it).
 
 pub mod binary;
+pub mod cluster;
+pub mod kv;
 pub mod mariadb;
 
 pub use mariadb::{HarnessError, MariaDb};

@@ -1,0 +1,237 @@
+//! Conversions between `gizzard.v1` messages and the nameserver's model. Incoming messages are
+//! checked here, so a malformed shard id or an empty change is refused with the field named.
+
+use proto::gizzard::v1 as pb;
+use tonic::Status;
+
+use crate::{
+    nameserver::{Change, Forwarding, Host, Link, NodeSpec, ShardId, ShardInfo, Topology},
+    scheduler::{JobRecord, JobState, Priority},
+};
+
+/// Parses a shard id field, naming the field when it is malformed.
+pub fn shard_id(field: &str, value: &str) -> Result<ShardId, Status> {
+    value
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn shard_info(field: &str, shard: pb::Shard) -> Result<ShardInfo, Status> {
+    if shard.class_name.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}.class_name is empty"
+        )));
+    }
+    Ok(ShardInfo {
+        id: shard_id(&format!("{field}.id"), &shard.id)?,
+        class_name: shard.class_name,
+        busy: shard.busy,
+    })
+}
+
+fn link(field: &str, link: pb::Link) -> Result<Link, Status> {
+    Ok(Link {
+        up: shard_id(&format!("{field}.up"), &link.up)?,
+        down: shard_id(&format!("{field}.down"), &link.down)?,
+        weight: link.weight,
+    })
+}
+
+fn forwarding(field: &str, f: pb::Forwarding) -> Result<Forwarding, Status> {
+    Ok(Forwarding {
+        table_id: f.table_id,
+        base_id: f.base_id,
+        shard_id: shard_id(&format!("{field}.shard_id"), &f.shard_id)?,
+    })
+}
+
+/// Converts one change of an `Apply` request; `index` names it in errors.
+pub fn change(index: usize, change: pb::Change) -> Result<Change, Status> {
+    use pb::change::Change as C;
+    let field = format!("changes[{index}]");
+    let inner = change
+        .change
+        .ok_or_else(|| Status::invalid_argument(format!("{field} is empty")))?;
+    Ok(match inner {
+        C::CreateShard(s) => Change::CreateShard(shard_info(&field, s)?),
+        C::DeleteShard(id) => Change::DeleteShard(shard_id(&field, &id)?),
+        C::AddLink(l) => Change::AddLink(link(&field, l)?),
+        C::RemoveLink(l) => {
+            let l = link(&field, l)?;
+            Change::RemoveLink {
+                up: l.up,
+                down: l.down,
+            }
+        }
+        C::SetForwarding(f) => Change::SetForwarding(forwarding(&field, f)?),
+        C::RemoveForwarding(f) => Change::RemoveForwarding {
+            table_id: f.table_id,
+            base_id: f.base_id,
+        },
+        C::SetHost(h) => Change::SetHost(Host {
+            name: h.name,
+            url: h.url,
+            read_weight: h.read_weight,
+            write_weight: h.write_weight,
+        }),
+        C::RemoveHost(name) => Change::RemoveHost(name),
+        C::SetBusy(s) => Change::SetBusy {
+            id: shard_id(&format!("{field}.id"), &s.id)?,
+            busy: s.busy,
+        },
+    })
+}
+
+/// Returns the message form of a change, for clients building batches.
+pub fn change_to_pb(change: &Change) -> pb::Change {
+    use pb::change::Change as C;
+    let inner = match change {
+        Change::CreateShard(s) => C::CreateShard(shard_to_pb(s)),
+        Change::DeleteShard(id) => C::DeleteShard(id.to_string()),
+        Change::AddLink(l) => C::AddLink(link_to_pb(l)),
+        Change::RemoveLink { up, down } => C::RemoveLink(pb::Link {
+            up: up.to_string(),
+            down: down.to_string(),
+            weight: 0,
+        }),
+        Change::SetForwarding(f) => C::SetForwarding(forwarding_to_pb(f)),
+        Change::RemoveForwarding { table_id, base_id } => C::RemoveForwarding(pb::Forwarding {
+            table_id: *table_id,
+            base_id: *base_id,
+            shard_id: String::new(),
+        }),
+        Change::SetHost(h) => C::SetHost(host_to_pb(h)),
+        Change::RemoveHost(name) => C::RemoveHost(name.clone()),
+        Change::SetBusy { id, busy } => C::SetBusy(pb::Shard {
+            id: id.to_string(),
+            class_name: String::new(),
+            busy: *busy,
+        }),
+    };
+    pb::Change {
+        change: Some(inner),
+    }
+}
+
+pub fn shard_to_pb(s: &ShardInfo) -> pb::Shard {
+    pb::Shard {
+        id: s.id.to_string(),
+        class_name: s.class_name.clone(),
+        busy: s.busy,
+    }
+}
+
+pub fn link_to_pb(l: &Link) -> pb::Link {
+    pb::Link {
+        up: l.up.to_string(),
+        down: l.down.to_string(),
+        weight: l.weight,
+    }
+}
+
+pub fn forwarding_to_pb(f: &Forwarding) -> pb::Forwarding {
+    pb::Forwarding {
+        table_id: f.table_id,
+        base_id: f.base_id,
+        shard_id: f.shard_id.to_string(),
+    }
+}
+
+pub fn host_to_pb(h: &Host) -> pb::Host {
+    pb::Host {
+        name: h.name.clone(),
+        url: h.url.clone(),
+        read_weight: h.read_weight,
+        write_weight: h.write_weight,
+    }
+}
+
+/// Returns the message form of a whole topology.
+pub fn topology_to_pb(t: &Topology) -> pb::Topology {
+    pb::Topology {
+        version: t.version,
+        shards: t.shards.values().map(shard_to_pb).collect(),
+        links: t.link_list().map(|l| link_to_pb(&l)).collect(),
+        forwardings: t
+            .forwardings
+            .iter()
+            .map(|(&(table_id, base_id), id)| {
+                forwarding_to_pb(&Forwarding {
+                    table_id,
+                    base_id,
+                    shard_id: id.clone(),
+                })
+            })
+            .collect(),
+        hosts: t.hosts.values().map(host_to_pb).collect(),
+    }
+}
+
+/// Returns the message form of a tree, `weight` being the link weight from its parent.
+pub fn tree_to_pb(spec: &NodeSpec, weight: u32) -> pb::TreeNode {
+    pb::TreeNode {
+        id: spec.id.to_string(),
+        class_name: spec.kind.class_name().to_owned(),
+        busy: spec.busy,
+        weight,
+        children: spec
+            .children
+            .iter()
+            .map(|(w, child)| tree_to_pb(child, *w))
+            .collect(),
+    }
+}
+
+/// Reads an optional priority field.
+pub fn priority(value: i32) -> Result<Option<Priority>, Status> {
+    match pb::Priority::try_from(value) {
+        Ok(pb::Priority::Unspecified) => Ok(None),
+        Ok(pb::Priority::High) => Ok(Some(Priority::High)),
+        Ok(pb::Priority::Low) => Ok(Some(Priority::Low)),
+        Ok(pb::Priority::Copy) => Ok(Some(Priority::Copy)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "priority {value} is unknown"
+        ))),
+    }
+}
+
+pub fn priority_to_pb(p: Priority) -> pb::Priority {
+    match p {
+        Priority::High => pb::Priority::High,
+        Priority::Low => pb::Priority::Low,
+        Priority::Copy => pb::Priority::Copy,
+    }
+}
+
+/// Reads an optional job state field.
+pub fn job_state(value: i32) -> Result<Option<JobState>, Status> {
+    match pb::JobState::try_from(value) {
+        Ok(pb::JobState::Unspecified) => Ok(None),
+        Ok(pb::JobState::Ready) => Ok(Some(JobState::Ready)),
+        Ok(pb::JobState::Bad) => Ok(Some(JobState::Bad)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "state {value} is unknown"
+        ))),
+    }
+}
+
+pub fn job_state_to_pb(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Ready => pb::JobState::Ready,
+        JobState::Bad => pb::JobState::Bad,
+    }
+}
+
+pub fn job_to_pb(job: &JobRecord) -> pb::Job {
+    pb::Job {
+        id: job.id as i64,
+        priority: priority_to_pb(job.priority) as i32,
+        job_type: job.job_type.clone(),
+        shard: job.shard.clone().unwrap_or_default(),
+        state: job_state_to_pb(job.state) as i32,
+        attempts: job.attempts,
+        last_error: job.last_error.clone().unwrap_or_default(),
+        run_after_ms: job.run_after_ms,
+        created_at_ms: job.created_at_ms,
+    }
+}

@@ -1,0 +1,414 @@
+//! [`Manager`]: the `gizzard.v1.ShardManager` service over the nameserver, this server's
+//! routing and the job queue.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use proto::gizzard::v1::{self as pb, shard_manager_server::ShardManager};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::{
+    nameserver::{
+        Change, Host, NameServer, NameServerError, Routing, ShardInfo, ShardTypes, TopologyError,
+        hash,
+    },
+    scheduler::{JobFilter, JobQueue, QueueError, RetryTarget},
+    shards::{PhysicalShard, ShardRouter},
+};
+
+/// The most jobs one `ListJobs` call returns.
+pub const MAX_LIST_JOBS: u64 = 10_000;
+
+/// Creates the tables of new leaf shards on their hosts; the proxy's shard router is one.
+pub trait Materializer: Send + Sync + 'static {
+    /// Creates the tables of leaf `info` on `host` when missing.
+    fn materialize<'a>(
+        &'a self,
+        info: &'a ShardInfo,
+        host: &'a Host,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+impl<S: PhysicalShard> Materializer for ShardRouter<S> {
+    fn materialize<'a>(
+        &'a self,
+        info: &'a ShardInfo,
+        host: &'a Host,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            ShardRouter::materialize(self, info, host)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Serves the admin API of one proxy.
+#[derive(Clone)]
+pub struct Manager {
+    nameserver: NameServer,
+    routing: Arc<Routing>,
+    queue: JobQueue,
+    types: ShardTypes,
+    materializer: Arc<dyn Materializer>,
+    token: Option<String>,
+    server_name: String,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Manager`] works on.
+#[derive(Clone)]
+pub struct ManagerParts {
+    pub nameserver: NameServer,
+    pub routing: Arc<Routing>,
+    pub queue: JobQueue,
+    pub types: ShardTypes,
+    pub materializer: Arc<dyn Materializer>,
+}
+
+impl Manager {
+    /// Returns the service; with `token` set, calls that change anything must carry
+    /// `authorization: Bearer <token>`.
+    pub fn new(parts: ManagerParts, token: Option<String>, server_name: String) -> Self {
+        let ManagerParts {
+            nameserver,
+            routing,
+            queue,
+            types,
+            materializer,
+        } = parts;
+        Self {
+            nameserver,
+            routing,
+            queue,
+            types,
+            materializer,
+            token,
+            server_name,
+        }
+    }
+
+    /// Creates the tables of the leaf shards a batch creates, before the batch is applied,
+    /// so a shard never routes writes to a table that does not exist.
+    async fn materialize_new_leaves(&self, changes: &[Change]) -> Result<(), Status> {
+        let leaves: Vec<&ShardInfo> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::CreateShard(info) if self.types.is_leaf(&info.class_name) => Some(info),
+                _ => None,
+            })
+            .collect();
+        if leaves.is_empty() {
+            return Ok(());
+        }
+        let topology = self.nameserver.load().await.map_err(nameserver_status)?;
+        for info in leaves {
+            let host = changes
+                .iter()
+                .find_map(|change| match change {
+                    Change::SetHost(host) if host.name == info.id.hostname => Some(host),
+                    _ => None,
+                })
+                .or_else(|| topology.hosts.get(&info.id.hostname));
+            // An unknown host is left to validation, which names it.
+            if let Some(host) = host {
+                self.materializer
+                    .materialize(info, host)
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!("create the tables of shard {}: {e}", info.id))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the tonic server for this service.
+    pub fn into_server(self) -> pb::shard_manager_server::ShardManagerServer<Self> {
+        // Large batches (tens of thousands of forwardings) exceed tonic's 4 MiB default.
+        pb::shard_manager_server::ShardManagerServer::new(self).max_decoding_message_size(64 << 20)
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::permission_denied("the bearer token is wrong")),
+            None => Err(Status::unauthenticated(
+                "this call changes the topology or the queue: pass --token",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn nameserver_status(err: NameServerError) -> Status {
+    match &err {
+        NameServerError::Rejected { .. } | NameServerError::Invalid(_) => {
+            Status::failed_precondition(err.to_string())
+        }
+        NameServerError::MaybeApplied(_) => Status::deadline_exceeded(err.to_string()),
+        NameServerError::Corrupt { .. } => Status::internal(err.to_string()),
+        NameServerError::Db(_) => Status::unavailable(err.to_string()),
+    }
+}
+
+fn queue_status(err: QueueError) -> Status {
+    match &err {
+        QueueError::InvalidJob(_) | QueueError::Parse(_) => {
+            Status::invalid_argument(err.to_string())
+        }
+        QueueError::MaybeApplied { .. } => Status::deadline_exceeded(err.to_string()),
+        _ => Status::unavailable(err.to_string()),
+    }
+}
+
+fn topology_status(err: TopologyError) -> Status {
+    Status::not_found(err.to_string())
+}
+
+fn job_filter(state: i32, priority: i32, shard: String, limit: u32) -> Result<JobFilter, Status> {
+    Ok(JobFilter {
+        state: convert::job_state(state)?,
+        priority: convert::priority(priority)?,
+        shard: (!shard.is_empty()).then_some(shard),
+        limit: Some(if limit == 0 {
+            100
+        } else {
+            u64::from(limit).min(MAX_LIST_JOBS)
+        }),
+    })
+}
+
+#[tonic::async_trait]
+impl ShardManager for Manager {
+    async fn dump(&self, _: Request<pb::DumpRequest>) -> Result<Response<pb::Topology>, Status> {
+        let topology = self.nameserver.load().await.map_err(nameserver_status)?;
+        Ok(Response::new(convert::topology_to_pb(&topology)))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.authorize(&request)?;
+        let changes = request
+            .into_inner()
+            .changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| convert::change(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        if changes.is_empty() {
+            return Err(Status::invalid_argument("changes is empty"));
+        }
+        self.materialize_new_leaves(&changes).await?;
+        let version = self
+            .nameserver
+            .apply(&changes, &self.types)
+            .await
+            .map_err(nameserver_status)?;
+        tracing::info!(version, changes = changes.len(), "topology changed");
+        // This server sees its own change at once; the others within their poll interval.
+        if let Err(err) = self.routing.reload().await {
+            tracing::warn!(error = %err, "reload after a change failed; the poller will retry");
+        }
+        Ok(Response::new(pb::ApplyResponse { version }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let pb::LookupRequest { table_id, key } = request.into_inner();
+        let snapshot = self.routing.current();
+        let hash = hash(key);
+        let root = snapshot.lookup(table_id, hash).ok_or_else(|| {
+            Status::not_found(format!(
+                "table {table_id} has no forwarding for hash {hash}"
+            ))
+        })?;
+        let base_id = snapshot
+            .topology
+            .forwardings
+            .range((table_id, i64::MIN)..=(table_id, hash))
+            .next_back()
+            .map_or(0, |(&(_, base), _)| base);
+        let tree = snapshot.tree(root).map_err(topology_status)?;
+        Ok(Response::new(pb::LookupResponse {
+            hash,
+            forwarding: Some(pb::Forwarding {
+                table_id,
+                base_id,
+                shard_id: root.to_string(),
+            }),
+            tree: Some(convert::tree_to_pb(&tree, 0)),
+        }))
+    }
+
+    async fn tree(
+        &self,
+        request: Request<pb::TreeRequest>,
+    ) -> Result<Response<pb::TreeNode>, Status> {
+        let id = convert::shard_id("shard_id", &request.into_inner().shard_id)?;
+        let tree = self.routing.current().tree(&id).map_err(topology_status)?;
+        Ok(Response::new(convert::tree_to_pb(&tree, 0)))
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
+        Ok(Response::new(pb::GetVersionResponse {
+            stored_version,
+            routing_version: self.routing.current().version,
+            server: self.server_name.clone(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        self.authorize(&request)?;
+        let routing_version = self.routing.reload().await.map_err(nameserver_status)?;
+        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
+        Ok(Response::new(pb::GetVersionResponse {
+            stored_version,
+            routing_version,
+            server: self.server_name.clone(),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = job_filter(r.state, r.priority, r.shard, r.limit)?;
+        let jobs = self.queue.list(&filter).await.map_err(queue_status)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job_to_pb).collect(),
+        }))
+    }
+
+    async fn retry_jobs(
+        &self,
+        request: Request<pb::RetryJobsRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        self.authorize(&request)?;
+        let ids = job_ids(&request.into_inner().ids)?;
+        let target = if ids.is_empty() {
+            RetryTarget::AllBad
+        } else {
+            RetryTarget::Ids(ids)
+        };
+        let count = self.queue.retry_now(&target).await.map_err(queue_status)?;
+        Ok(Response::new(pb::CountResponse { count }))
+    }
+
+    async fn purge_jobs(
+        &self,
+        request: Request<pb::PurgeJobsRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let mut filter = job_filter(r.state, r.priority, r.shard, 0)?;
+        filter.limit = None;
+        if !r.ids.is_empty() {
+            let ids = job_ids(&r.ids)?;
+            let count = self.queue.purge_ids(&ids).await.map_err(queue_status)?;
+            return Ok(Response::new(pb::CountResponse { count }));
+        }
+        if filter.state.is_none() && filter.priority.is_none() && filter.shard.is_none() {
+            return Err(Status::invalid_argument(
+                "purge needs ids, a state, a priority or a shard: refusing to purge every job",
+            ));
+        }
+        let count = self.queue.purge(&filter).await.map_err(queue_status)?;
+        Ok(Response::new(pb::CountResponse { count }))
+    }
+
+    async fn pause_jobs(
+        &self,
+        request: Request<pb::QueueControlRequest>,
+    ) -> Result<Response<pb::QueueStatus>, Status> {
+        self.authorize(&request)?;
+        for priority in priorities(request.into_inner().priority)? {
+            self.queue.pause(priority).await.map_err(queue_status)?;
+        }
+        self.queue_status().await
+    }
+
+    async fn resume_jobs(
+        &self,
+        request: Request<pb::QueueControlRequest>,
+    ) -> Result<Response<pb::QueueStatus>, Status> {
+        self.authorize(&request)?;
+        for priority in priorities(request.into_inner().priority)? {
+            self.queue.resume(priority).await.map_err(queue_status)?;
+        }
+        self.queue_status().await
+    }
+
+    async fn get_queue_status(
+        &self,
+        _: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<pb::QueueStatus>, Status> {
+        self.queue_status().await
+    }
+}
+
+fn job_ids(ids: &[i64]) -> Result<Vec<u64>, Status> {
+    ids.iter()
+        .map(|&id| u64::try_from(id).ok().filter(|&id| id > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Status::invalid_argument("ids: job ids are positive"))
+}
+
+/// One priority, or all of them when unspecified.
+fn priorities(value: i32) -> Result<Vec<crate::scheduler::Priority>, Status> {
+    Ok(match convert::priority(value)? {
+        Some(p) => vec![p],
+        None => crate::scheduler::Priority::ALL.to_vec(),
+    })
+}
+
+impl Manager {
+    async fn queue_status(&self) -> Result<Response<pb::QueueStatus>, Status> {
+        let paused = self.queue.paused().await.map_err(queue_status)?;
+        let depth = self.queue.depth().await.map_err(queue_status)?;
+        Ok(Response::new(pb::QueueStatus {
+            paused: paused
+                .into_iter()
+                .map(|p| convert::priority_to_pb(p) as i32)
+                .collect(),
+            depth: depth
+                .into_iter()
+                .map(|((priority, state), count)| pb::QueueDepth {
+                    priority: convert::priority_to_pb(priority) as i32,
+                    state: convert::job_state_to_pb(state) as i32,
+                    count,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,1484 @@
+//! The job table and every operation on it, for MySQL and SQLite.
+//!
+//! `gizzard_jobs` holds one row per job: its priority, kind (`job_type`), an opaque payload,
+//! the shard it targets, its state (`ready` or `bad`), its attempts and last error, when it may
+//! run next (`run_after_ms`) and who holds it (`lease_owner` until `lease_expires_ms`).
+//! `gizzard_queue_control` holds one row per priority with a paused flag, so pausing is seen by
+//! every server.
+//!
+//! A job is claimed by taking a lease on it; the holder completes it (the row is deleted) or
+//! fails it (the lease is cleared and the job backs off, or is parked as `bad` past the error
+//! limit). A worker that dies leaves its lease to expire, and another worker takes the job:
+//! nothing acknowledged is lost, and jobs must therefore be idempotent. Every time that decides
+//! a lease or a backoff is read from the database's clock, so servers whose clocks disagree
+//! still agree on who holds a job. Every operation runs under the database's deadline.
+//!
+//! Claiming is cheap: the index `(state, priority, run_after_ms, id)` gives, per priority, the
+//! runnable jobs in the order they became runnable, so a claim reads only the rows it returns
+//! (plus the few held by running workers), however many jobs wait out a backoff.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    str::FromStr,
+    time::Duration,
+};
+
+use mysql_async::{IsolationLevel, TxOpts, Value, prelude::Queryable};
+use rand::Rng;
+use rusqlite::{OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::db::{Database, DbError};
+
+/// The database's clock in ms since the Unix epoch (sessions run in UTC).
+const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+const MYSQL_SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS gizzard_jobs (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        priority TINYINT UNSIGNED NOT NULL,
+        job_type VARCHAR(64) NOT NULL,
+        payload LONGBLOB NOT NULL,
+        shard VARCHAR(255) NULL,
+        state VARCHAR(8) NOT NULL DEFAULT 'ready',
+        attempts INT UNSIGNED NOT NULL DEFAULT 0,
+        last_error TEXT NULL,
+        run_after_ms BIGINT NOT NULL,
+        lease_owner VARCHAR(255) NULL,
+        lease_expires_ms BIGINT NOT NULL DEFAULT 0,
+        created_at_ms BIGINT NOT NULL,
+        CHECK (state IN ('ready', 'bad')),
+        KEY gizzard_jobs_claim (state, priority, run_after_ms, id),
+        KEY gizzard_jobs_shard (shard, state)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS gizzard_queue_control (
+        priority TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+        paused BOOLEAN NOT NULL DEFAULT FALSE
+    ) ENGINE=InnoDB",
+    "INSERT IGNORE INTO gizzard_queue_control (priority, paused) VALUES (0, 0), (1, 0), (2, 0)",
+];
+
+const SQLITE_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS gizzard_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        priority INTEGER NOT NULL,
+        job_type TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        shard TEXT,
+        state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'bad')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        run_after_ms INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS gizzard_jobs_claim
+        ON gizzard_jobs (state, priority, run_after_ms, id);
+    CREATE INDEX IF NOT EXISTS gizzard_jobs_shard ON gizzard_jobs (shard, state);
+    CREATE TABLE IF NOT EXISTS gizzard_queue_control (
+        priority INTEGER PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT OR IGNORE INTO gizzard_queue_control (priority, paused) VALUES (0, 0), (1, 0), (2, 0);
+";
+
+/// Every column of `gizzard_jobs`, in the order [`RawRow`] reads them.
+const COLUMNS: &str = "id, priority, job_type, payload, shard, state, attempts, last_error, \
+                       run_after_ms, lease_owner, lease_expires_ms, created_at_ms";
+
+/// The longest `job_type`, shard id and lease owner the tables hold.
+const MAX_JOB_TYPE: usize = 64;
+const MAX_NAME: usize = 255;
+/// The longest error message kept on a job; longer ones are cut at a character boundary.
+const MAX_ERROR: usize = 4000;
+/// One multi-row INSERT carries at most this many rows or payload bytes, well inside
+/// MySQL's placeholder limit and default `max_allowed_packet`.
+const INSERT_ROWS: usize = 500;
+const INSERT_BYTES: usize = 4 << 20;
+
+/// How urgent a job is. Claims take every runnable job of a higher priority first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    /// Write retries: an acknowledged write that has not reached every replica yet.
+    High,
+    /// Maintenance work that is neither a write nor a bulk copy.
+    Low,
+    /// Copy, diff and repair jobs of migrations.
+    Copy,
+}
+
+impl Priority {
+    /// Every priority, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Low, Priority::Copy];
+
+    /// Returns the lowercase name used in the CLI and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Low => "low",
+            Self::Copy => "copy",
+        }
+    }
+
+    /// The value stored in the `priority` columns; lower sorts first.
+    fn code(self) -> i64 {
+        match self {
+            Self::High => 0,
+            Self::Low => 1,
+            Self::Copy => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.code() == code)
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| QueueError::Parse(format!("unknown priority {s:?} (high, low, copy)")))
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Waiting to run, backing off, or held by a worker.
+    Ready,
+    /// Failed as often as the error limit allows; parked until an operator retries or purges.
+    Bad,
+}
+
+impl JobState {
+    /// Returns the value stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Bad => "bad",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ready" => Ok(Self::Ready),
+            "bad" => Ok(Self::Bad),
+            _ => Err(QueueError::Parse(format!(
+                "unknown job state {s:?} (ready, bad)"
+            ))),
+        }
+    }
+}
+
+/// A job to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    pub priority: Priority,
+    /// Names the kind of job, so a runner knows how to decode the payload (at most 64 bytes).
+    pub job_type: String,
+    /// The serde-encoded job; the queue never looks inside.
+    pub payload: Vec<u8>,
+    /// The shard the job writes to (`host/prefix`), if any, so migrations can wait for it.
+    pub shard: Option<String>,
+}
+
+impl NewJob {
+    /// Returns a job of kind `job_type` with an already encoded payload and no target shard.
+    pub fn new(
+        priority: Priority,
+        job_type: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            priority,
+            job_type: job_type.into(),
+            payload: payload.into(),
+            shard: None,
+        }
+    }
+
+    /// Returns a job whose payload is `value` encoded as JSON.
+    pub fn json<T: Serialize>(
+        priority: Priority,
+        job_type: impl Into<String>,
+        value: &T,
+    ) -> Result<Self, QueueError> {
+        let job_type = job_type.into();
+        let payload = serde_json::to_vec(value).map_err(|source| QueueError::Encode {
+            job_type: job_type.clone(),
+            source,
+        })?;
+        Ok(Self {
+            priority,
+            job_type,
+            payload,
+            shard: None,
+        })
+    }
+
+    /// Returns the job targeting `shard`.
+    pub fn with_shard(mut self, shard: impl Into<String>) -> Self {
+        self.shard = Some(shard.into());
+        self
+    }
+
+    fn validate(&self) -> Result<(), QueueError> {
+        let invalid = |reason: String| Err(QueueError::InvalidJob(reason));
+        if self.job_type.is_empty() || self.job_type.len() > MAX_JOB_TYPE {
+            return invalid(format!(
+                "job type {:?} must be 1 to {MAX_JOB_TYPE} bytes long",
+                self.job_type
+            ));
+        }
+        if let Some(shard) = &self.shard
+            && (shard.is_empty() || shard.len() > MAX_NAME)
+        {
+            return invalid(format!(
+                "shard id {shard:?} must be 1 to {MAX_NAME} bytes long"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A job a worker holds a lease on. Pass it back to [`JobQueue::complete`],
+/// [`JobQueue::extend`] or [`JobQueue::fail`]; they act only while `owner` still holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedJob {
+    pub id: u64,
+    pub priority: Priority,
+    pub job_type: String,
+    pub payload: Vec<u8>,
+    pub shard: Option<String>,
+    /// Counted failures before this run.
+    pub attempts: u32,
+    /// The error of the previous failed run, if any.
+    pub last_error: Option<String>,
+    /// When the job was stored, by the database's clock (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// The worker holding the lease.
+    pub owner: String,
+    /// When the lease taken by the claim ends, by the database's clock.
+    pub lease_expires_ms: i64,
+}
+
+impl ClaimedJob {
+    /// Decodes a JSON payload (see [`NewJob::json`]).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, QueueError> {
+        serde_json::from_slice(&self.payload).map_err(|source| QueueError::Decode {
+            id: self.id,
+            job_type: self.job_type.clone(),
+            source,
+        })
+    }
+}
+
+/// A row of the job table, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: u64,
+    pub priority: Priority,
+    pub job_type: String,
+    pub payload: Vec<u8>,
+    pub shard: Option<String>,
+    pub state: JobState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// The job is not claimed before this time (database clock, ms since the Unix epoch).
+    pub run_after_ms: i64,
+    /// The worker that holds or last held the job; its lease ends at `lease_expires_ms`.
+    pub lease_owner: Option<String>,
+    pub lease_expires_ms: i64,
+    pub created_at_ms: i64,
+}
+
+/// Which jobs [`JobQueue::list`] and [`JobQueue::purge`] act on; `None` fields match any job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub priority: Option<Priority>,
+    pub shard: Option<String>,
+    /// At most this many jobs, the lowest ids first.
+    pub limit: Option<u64>,
+}
+
+/// Which jobs [`JobQueue::retry_now`] makes runnable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryTarget {
+    /// These jobs, when bad or waiting out a backoff (jobs a worker holds are left alone).
+    Ids(Vec<u64>),
+    /// Every bad job.
+    AllBad,
+}
+
+/// What [`JobQueue::fail`] did with a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// The job runs again once `delay` has passed.
+    Retrying { attempts: u32, delay: Duration },
+    /// The job reached the error limit and waits as `bad` for an operator.
+    Parked { attempts: u32 },
+}
+
+/// How failed jobs back off, and when they give up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The delay after the first counted failure; it doubles with each further one.
+    pub base: Duration,
+    /// The longest delay.
+    pub cap: Duration,
+    /// Counted failures after which a job is parked as `bad`.
+    pub error_limit: u32,
+    /// The delay after a failure that does not count (a Blocked or ReadOnly node, an offline
+    /// host): such jobs wait for the topology to change, never give up, and must not spin.
+    pub refused_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(60),
+            error_limit: 10,
+            refused_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Returns the delay after the `attempts`-th counted failure (1 for the first): `base`
+    /// doubled per earlier failure and capped at `cap`, then jittered to between half of it
+    /// and all of it, so jobs that failed together do not retry together.
+    pub fn backoff(&self, attempts: u32, rng: &mut impl Rng) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(31);
+        jitter(self.base.saturating_mul(1 << doublings).min(self.cap), rng)
+    }
+
+    /// Returns the delay after a failure that does not count: `refused_delay`, jittered as in
+    /// [`RetryPolicy::backoff`].
+    pub fn refused_backoff(&self, rng: &mut impl Rng) -> Duration {
+        jitter(self.refused_delay, rng)
+    }
+}
+
+/// Returns a delay between half of `full` and `full`.
+fn jitter(full: Duration, rng: &mut impl Rng) -> Duration {
+    let full_ms = u64::try_from(full.as_millis()).unwrap_or(u64::MAX);
+    let half = full_ms / 2;
+    Duration::from_millis(half + rng.random_range(0..=full_ms - half))
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{action}: {source}")]
+    Db { action: String, source: DbError },
+    #[error(
+        "{action}: database did not answer within {timeout:?}; the change may have been \
+         applied, and retrying is safe"
+    )]
+    MaybeApplied { action: String, timeout: Duration },
+    #[error(
+        "job {id} is no longer leased to {owner:?}: the lease expired and another worker \
+         took the job, or the job is gone"
+    )]
+    LeaseLost { id: u64, owner: String },
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    #[error("invalid lease owner {0:?}: must be 1 to 255 bytes long")]
+    InvalidOwner(String),
+    #[error("unreadable row in gizzard_jobs: {0}")]
+    BadRow(String),
+    #[error("{0}")]
+    Parse(String),
+    #[error("encode the payload of a {job_type:?} job: {source}")]
+    Encode {
+        job_type: String,
+        source: serde_json::Error,
+    },
+    #[error("decode the payload of job {id} ({job_type:?}): {source}")]
+    Decode {
+        id: u64,
+        job_type: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Maps the error of a read.
+fn read_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
+    let action = action.into();
+    move |source| QueueError::Db { action, source }
+}
+
+/// Maps the error of a change: a timeout leaves it unknown whether the change was applied.
+fn write_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
+    let action = action.into();
+    move |source| match source {
+        DbError::Timeout(timeout) => QueueError::MaybeApplied { action, timeout },
+        source => QueueError::Db { action, source },
+    }
+}
+
+/// A parameter of SQL text shared by both backends.
+#[derive(Clone, Debug)]
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+impl From<Param> for Value {
+    fn from(param: Param) -> Self {
+        match param {
+            Param::Int(v) => Value::Int(v),
+            Param::Text(v) => Value::Bytes(v.into_bytes()),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Int(v) => v.to_sql(),
+            Self::Text(v) => v.to_sql(),
+        }
+    }
+}
+
+/// Returns ` WHERE …` (or nothing) and its parameters for the filter's state, priority and
+/// shard.
+fn filter_clause(filter: &JobFilter) -> (String, Vec<Param>) {
+    let mut clauses = Vec::new();
+    let mut params = Vec::new();
+    if let Some(state) = filter.state {
+        clauses.push("state = ?");
+        params.push(Param::Text(state.as_str().to_owned()));
+    }
+    if let Some(priority) = filter.priority {
+        clauses.push("priority = ?");
+        params.push(Param::Int(priority.code()));
+    }
+    if let Some(shard) = &filter.shard {
+        clauses.push("shard = ?");
+        params.push(Param::Text(shard.clone()));
+    }
+    if clauses.is_empty() {
+        (String::new(), params)
+    } else {
+        (format!(" WHERE {}", clauses.join(" AND ")), params)
+    }
+}
+
+/// Columns as read from either backend, before validation.
+type RawRow = (
+    u64,
+    i64,
+    String,
+    Vec<u8>,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+);
+
+fn sqlite_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    let id: i64 = row.get(0)?;
+    Ok((
+        u64::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, id))?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+    ))
+}
+
+fn mysql_raw(row: mysql_async::Row) -> Result<RawRow, QueueError> {
+    mysql_async::from_row_opt::<RawRow>(row)
+        .map_err(|_| QueueError::BadRow("a column does not have the type the queue expects".into()))
+}
+
+/// Reads the database clock and the paused priority codes of a MySQL claim.
+fn read_now_and_paused(
+    now: Option<Value>,
+    paused: Vec<Value>,
+) -> Result<(i64, BTreeSet<i64>), QueueError> {
+    let now = now.map(mysql_int).transpose()?;
+    let now = now.ok_or_else(|| QueueError::BadRow("the database clock read nothing".into()))?;
+    Ok((
+        now,
+        paused
+            .into_iter()
+            .map(mysql_int)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// Converts a MySQL text value.
+fn mysql_text(value: Value) -> Result<String, QueueError> {
+    mysql_async::from_value_opt::<String>(value)
+        .map_err(|e| QueueError::BadRow(format!("expected text, got {:?}", e.0)))
+}
+
+/// Converts a MySQL integer value.
+fn mysql_int(value: Value) -> Result<i64, QueueError> {
+    mysql_async::from_value_opt::<i64>(value)
+        .map_err(|e| QueueError::BadRow(format!("expected an integer, got {:?}", e.0)))
+}
+
+fn record(raw: RawRow) -> Result<JobRecord, QueueError> {
+    let (
+        id,
+        priority,
+        job_type,
+        payload,
+        shard,
+        state,
+        attempts,
+        last_error,
+        run_after_ms,
+        lease_owner,
+        lease_expires_ms,
+        created_at_ms,
+    ) = raw;
+    let bad = |what: String| QueueError::BadRow(format!("job {id}: {what}"));
+    Ok(JobRecord {
+        id,
+        priority: Priority::from_code(priority)
+            .ok_or_else(|| bad(format!("unknown priority {priority}")))?,
+        job_type,
+        payload,
+        shard,
+        state: state
+            .parse()
+            .map_err(|_| bad(format!("unknown state {state:?}")))?,
+        attempts: u32::try_from(attempts).map_err(|_| bad(format!("attempts {attempts}")))?,
+        last_error,
+        run_after_ms,
+        lease_owner,
+        lease_expires_ms,
+        created_at_ms,
+    })
+}
+
+fn claimed(raw: RawRow, owner: &str, lease_expires_ms: i64) -> Result<ClaimedJob, QueueError> {
+    let r = record(raw)?;
+    Ok(ClaimedJob {
+        id: r.id,
+        priority: r.priority,
+        job_type: r.job_type,
+        payload: r.payload,
+        shard: r.shard,
+        attempts: r.attempts,
+        last_error: r.last_error,
+        created_at_ms: r.created_at_ms,
+        owner: owner.to_owned(),
+        lease_expires_ms,
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn check_owner(owner: &str) -> Result<(), QueueError> {
+    if owner.is_empty() || owner.len() > MAX_NAME {
+        return Err(QueueError::InvalidOwner(owner.to_owned()));
+    }
+    Ok(())
+}
+
+/// Returns `error` cut to at most [`MAX_ERROR`] bytes at a character boundary.
+fn truncate_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
+}
+
+/// `?, ?, …` with `n` placeholders.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// The durable job queue in the nameserver database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct JobQueue {
+    db: Database,
+    policy: RetryPolicy,
+}
+
+impl JobQueue {
+    /// Opens the queue in `db`, creating its tables when missing, with the default
+    /// [`RetryPolicy`].
+    pub async fn open(db: Database) -> Result<Self, QueueError> {
+        match &db {
+            Database::Mysql { .. } => {
+                db.mysql(|mut conn| async move {
+                    for statement in MYSQL_SCHEMA {
+                        conn.query_drop(statement).await?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Database::Sqlite { .. } => db.sqlite(|conn| conn.execute_batch(SQLITE_SCHEMA)).await,
+        }
+        .map_err(read_err("create the job queue tables"))?;
+        Ok(Self {
+            db,
+            policy: RetryPolicy::default(),
+        })
+    }
+
+    /// Returns the queue with `policy` deciding backoff and the error limit.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Returns the retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Returns the database deadline every operation runs under.
+    pub fn timeout(&self) -> Duration {
+        self.db.timeout()
+    }
+
+    /// Stores one job and returns its id. The job is durable once this returns `Ok`.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<u64, QueueError> {
+        let ids = self.enqueue_many(std::slice::from_ref(job)).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| QueueError::BadRow("the insert reported no id".into()))
+    }
+
+    /// Stores `jobs` in one transaction and returns their ids, in order. They are durable once
+    /// this returns `Ok`; on an error none of them is stored, except after a timeout, when all
+    /// may be (see [`QueueError::MaybeApplied`]).
+    pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<u64>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for job in jobs {
+            job.validate()?;
+        }
+        let action = match jobs.len() {
+            1 => format!("enqueue a {:?} job", jobs[0].job_type),
+            n => format!("enqueue {n} jobs"),
+        };
+        let jobs = jobs.to_vec();
+        match &self.db {
+            Database::Mysql { .. } => self
+                .db
+                .mysql(move |mut conn| async move {
+                    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                    // A multi-row INSERT takes consecutive auto-increment values, `step` apart.
+                    let step = match jobs.len() {
+                        1 => Ok(1),
+                        _ => {
+                            let step: Option<Value> =
+                                tx.query_first("SELECT @@auto_increment_increment").await?;
+                            step.map_or(Ok(1), mysql_int)
+                        }
+                    };
+                    let step = match step {
+                        Ok(step) => u64::try_from(step.max(1)).unwrap_or(1),
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let mut ids = Vec::with_capacity(jobs.len());
+                    for chunk in insert_chunks(&jobs) {
+                        let row =
+                            format!("(?, ?, ?, ?, 'ready', 0, {MYSQL_NOW_MS}, 0, {MYSQL_NOW_MS})");
+                        let sql = format!(
+                            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
+                             attempts, run_after_ms, lease_expires_ms, created_at_ms) VALUES {}",
+                            vec![row; chunk.len()].join(", ")
+                        );
+                        let mut params = Vec::with_capacity(chunk.len() * 4);
+                        for job in chunk {
+                            params.push(Value::Int(job.priority.code()));
+                            params.push(Value::from(job.job_type.as_str()));
+                            params.push(Value::Bytes(job.payload.clone()));
+                            params.push(job.shard.as_deref().map_or(Value::NULL, Value::from));
+                        }
+                        tx.exec_drop(sql, params).await?;
+                        let Some(first) = tx.last_insert_id() else {
+                            return Ok(Err(QueueError::BadRow("the insert reported no id".into())));
+                        };
+                        ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
+                    }
+                    tx.commit().await?;
+                    Ok(Ok(ids))
+                })
+                .await
+                .map_err(write_err(action))?,
+            Database::Sqlite { .. } => self
+                .db
+                .sqlite(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let mut ids = Vec::with_capacity(jobs.len());
+                    {
+                        let mut insert = tx.prepare_cached(&format!(
+                            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
+                             attempts, run_after_ms, lease_expires_ms, created_at_ms) \
+                             VALUES (?, ?, ?, ?, 'ready', 0, {SQLITE_NOW_MS}, 0, {SQLITE_NOW_MS})"
+                        ))?;
+                        for job in &jobs {
+                            let id = insert.insert((
+                                job.priority.code(),
+                                &job.job_type,
+                                &job.payload,
+                                &job.shard,
+                            ))?;
+                            ids.push(u64::try_from(id).unwrap_or_default());
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(Ok(ids))
+                })
+                .await
+                .map_err(write_err(action))?,
+        }
+    }
+
+    /// Leases up to `limit` runnable jobs to `owner` for `lease` and returns them: ready jobs
+    /// whose backoff has passed and whose lease is free or expired, from priorities that are
+    /// not paused, highest priority first, then the longest runnable. Concurrent claimers
+    /// never get the same job. `owner` must be unique to one worker.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        check_owner(owner)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lease_ms = millis(lease).max(1);
+        let action = format!("claim jobs for {owner:?}");
+        let owner = owner.to_owned();
+        match &self.db {
+            Database::Mysql { .. } => self
+                .db
+                .mysql(move |mut conn| async move {
+                    // READ COMMITTED: rows that do not match are not left locked, and no gap
+                    // locks block enqueues.
+                    let mut opts = TxOpts::default();
+                    opts.with_isolation_level(IsolationLevel::ReadCommitted);
+                    let mut tx = conn.start_transaction(opts).await?;
+                    let now: Option<Value> =
+                        tx.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
+                    let paused: Vec<Value> = tx
+                        .query("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")
+                        .await?;
+                    let (now, paused) = match read_now_and_paused(now, paused) {
+                        Ok(read) => read,
+                        Err(e) => {
+                            tx.rollback().await?;
+                            return Ok(Err(e));
+                        }
+                    };
+                    let mut rows = Vec::new();
+                    for priority in Priority::ALL {
+                        let wanted = limit - rows.len();
+                        if wanted == 0 {
+                            break;
+                        }
+                        if paused.contains(&priority.code()) {
+                            continue;
+                        }
+                        let found: Vec<mysql_async::Row> = tx
+                            .exec(
+                                format!(
+                                    "SELECT {COLUMNS} FROM gizzard_jobs \
+                                     WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
+                                     AND lease_expires_ms <= ? \
+                                     ORDER BY run_after_ms, id LIMIT ? FOR UPDATE SKIP LOCKED"
+                                ),
+                                (priority.code(), now, now, wanted as u64),
+                            )
+                            .await?;
+                        rows.extend(found);
+                    }
+                    if rows.is_empty() {
+                        tx.rollback().await?;
+                        return Ok(Ok(Vec::new()));
+                    }
+                    let raws = match rows
+                        .into_iter()
+                        .map(mysql_raw)
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(raws) => raws,
+                        Err(e) => {
+                            tx.rollback().await?;
+                            return Ok(Err(e));
+                        }
+                    };
+                    let expires = now.saturating_add(lease_ms);
+                    // The ids are integers read back from the table, safe to inline.
+                    let ids: Vec<String> = raws.iter().map(|r| r.0.to_string()).collect();
+                    tx.exec_drop(
+                        format!(
+                            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? \
+                             WHERE id IN ({})",
+                            ids.join(", ")
+                        ),
+                        (&owner, expires),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(raws
+                        .into_iter()
+                        .map(|raw| claimed(raw, &owner, expires))
+                        .collect())
+                })
+                .await
+                .map_err(write_err(action))?,
+            Database::Sqlite { .. } => self
+                .db
+                .sqlite(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now: i64 =
+                        tx.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
+                    let paused: BTreeSet<i64> = tx
+                        .prepare_cached(
+                            "SELECT priority FROM gizzard_queue_control WHERE paused <> 0",
+                        )?
+                        .query_map([], |row| row.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    let mut raws = Vec::new();
+                    for priority in Priority::ALL {
+                        let wanted = limit - raws.len();
+                        if wanted == 0 {
+                            break;
+                        }
+                        if paused.contains(&priority.code()) {
+                            continue;
+                        }
+                        let mut select = tx.prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM gizzard_jobs \
+                             WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
+                             AND lease_expires_ms <= ? ORDER BY run_after_ms, id LIMIT ?"
+                        ))?;
+                        let found = select
+                            .query_map((priority.code(), now, now, wanted as i64), sqlite_raw)?
+                            .collect::<Result<Vec<_>, _>>()?;
+                        raws.extend(found);
+                    }
+                    let expires = now.saturating_add(lease_ms);
+                    {
+                        let mut update = tx.prepare_cached(
+                            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? \
+                             WHERE id = ?",
+                        )?;
+                        for raw in &raws {
+                            update.execute((&owner, expires, raw.0 as i64))?;
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(raws
+                        .into_iter()
+                        .map(|raw| claimed(raw, &owner, expires))
+                        .collect())
+                })
+                .await
+                .map_err(write_err(action))?,
+        }
+    }
+
+    /// Deletes a finished job, provided its lease is still the caller's.
+    pub async fn complete(&self, job: &ClaimedJob) -> Result<(), QueueError> {
+        let changed = self
+            .execute(
+                format!("complete job {}", job.id),
+                "DELETE FROM gizzard_jobs WHERE id = ? AND lease_owner = ?".to_owned(),
+                vec![Param::Int(job.id as i64), Param::Text(job.owner.clone())],
+            )
+            .await?;
+        self.owned(job, changed)
+    }
+
+    /// Extends the lease on a running job to `lease` from now (database clock), so no other
+    /// worker takes it over; fails with [`QueueError::LeaseLost`] once another worker has.
+    pub async fn extend(&self, job: &ClaimedJob, lease: Duration) -> Result<(), QueueError> {
+        let sql = format!(
+            "UPDATE gizzard_jobs SET lease_expires_ms = {} + ? \
+             WHERE id = ? AND lease_owner = ? AND state = 'ready'",
+            self.now_ms()
+        );
+        let params = vec![
+            Param::Int(millis(lease).max(1)),
+            Param::Int(job.id as i64),
+            Param::Text(job.owner.clone()),
+        ];
+        let changed = self
+            .execute(format!("extend the lease on job {}", job.id), sql, params)
+            .await?;
+        self.owned(job, changed)
+    }
+
+    /// Records a failed run and gives the job up. A failure that `counts` adds an attempt:
+    /// at the error limit the job is parked as `bad`, otherwise it backs off exponentially.
+    /// One that does not count (the target refused the write for now) retries after the
+    /// policy's `refused_delay` and never makes the job bad.
+    pub async fn fail(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        counts: bool,
+    ) -> Result<FailOutcome, QueueError> {
+        let action = format!("record the failure of job {}", job.id);
+        let (id, owner, error) = (job.id as i64, job.owner.clone(), truncate_error(error));
+        let policy = self.policy.clone();
+        // The rng is made here: it is not Send, and the decision needs the stored attempts.
+        let decide = move |attempts: i64| {
+            let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+            let mut rng = rand::rng();
+            if !counts {
+                FailOutcome::Retrying {
+                    attempts,
+                    delay: policy.refused_backoff(&mut rng),
+                }
+            } else {
+                let attempts = attempts.saturating_add(1);
+                if attempts >= policy.error_limit {
+                    FailOutcome::Parked { attempts }
+                } else {
+                    FailOutcome::Retrying {
+                        attempts,
+                        delay: policy.backoff(attempts, &mut rng),
+                    }
+                }
+            }
+        };
+        let update = |now: &str| {
+            format!(
+                "UPDATE gizzard_jobs SET state = ?, attempts = ?, last_error = ?, \
+                 run_after_ms = {now} + ?, lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?"
+            )
+        };
+        let outcome = match &self.db {
+            Database::Mysql { .. } => {
+                let update = update(MYSQL_NOW_MS);
+                self.db
+                    .mysql(move |mut conn| async move {
+                        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                        let attempts: Option<Value> = tx
+                            .exec_first(
+                                "SELECT attempts FROM gizzard_jobs \
+                                 WHERE id = ? AND lease_owner = ? FOR UPDATE",
+                                (id, &owner),
+                            )
+                            .await?;
+                        let attempts = match attempts.map(mysql_int) {
+                            None => {
+                                tx.rollback().await?;
+                                return Ok(Ok(None));
+                            }
+                            Some(Err(e)) => {
+                                tx.rollback().await?;
+                                return Ok(Err(e));
+                            }
+                            Some(Ok(attempts)) => attempts,
+                        };
+                        let outcome = decide(attempts);
+                        tx.exec_drop(update, outcome_params(outcome, error, id))
+                            .await?;
+                        tx.commit().await?;
+                        Ok(Ok(Some(outcome)))
+                    })
+                    .await
+                    .map_err(write_err(action))??
+            }
+            Database::Sqlite { .. } => {
+                let update = update(SQLITE_NOW_MS);
+                self.db
+                    .sqlite(move |conn| {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        let attempts: Option<i64> = tx
+                            .query_row(
+                                "SELECT attempts FROM gizzard_jobs \
+                                 WHERE id = ? AND lease_owner = ?",
+                                (id, &owner),
+                                |row| row.get(0),
+                            )
+                            .optional()?;
+                        let Some(attempts) = attempts else {
+                            return Ok(Ok(None));
+                        };
+                        let outcome = decide(attempts);
+                        let params = outcome_params(outcome, error, id);
+                        tx.execute(&update, rusqlite::params_from_iter(params))?;
+                        tx.commit()?;
+                        Ok(Ok(Some(outcome)))
+                    })
+                    .await
+                    .map_err(write_err(action))??
+            }
+        };
+        outcome.ok_or_else(|| QueueError::LeaseLost {
+            id: job.id,
+            owner: job.owner.clone(),
+        })
+    }
+
+    /// Returns the jobs matching `filter`, lowest id first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
+        let (clause, mut params) = filter_clause(filter);
+        let mut sql = format!("SELECT {COLUMNS} FROM gizzard_jobs{clause} ORDER BY id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(" LIMIT ?");
+            params.push(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        }
+        let action = "list jobs";
+        let raws = match &self.db {
+            Database::Mysql { .. } => {
+                let rows: Vec<mysql_async::Row> = self
+                    .db
+                    .mysql(move |mut conn| async move { conn.exec(sql, to_mysql(params)).await })
+                    .await
+                    .map_err(read_err(action))?;
+                rows.into_iter()
+                    .map(mysql_raw)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Database::Sqlite { .. } => self
+                .db
+                .sqlite(move |conn| {
+                    conn.prepare_cached(&sql)?
+                        .query_map(rusqlite::params_from_iter(params), sqlite_raw)?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(read_err(action))?,
+        };
+        raws.into_iter().map(record).collect()
+    }
+
+    /// Makes jobs runnable now with their attempts reset: bad jobs return to ready, and ready
+    /// ones skip the rest of their backoff. Jobs a worker holds are left alone. Returns how
+    /// many jobs changed.
+    pub async fn retry_now(&self, target: &RetryTarget) -> Result<u64, QueueError> {
+        let now = self.now_ms();
+        let set = format!(
+            "UPDATE gizzard_jobs SET state = 'ready', attempts = 0, run_after_ms = {now}, \
+             lease_owner = NULL, lease_expires_ms = 0"
+        );
+        let (action, sql, params) = match target {
+            RetryTarget::AllBad => (
+                "retry every bad job".to_owned(),
+                format!("{set} WHERE state = 'bad'"),
+                vec![],
+            ),
+            RetryTarget::Ids(ids) if ids.is_empty() => return Ok(0),
+            RetryTarget::Ids(ids) => (
+                format!("retry {} jobs", ids.len()),
+                format!(
+                    "{set} WHERE id IN ({}) AND (state = 'bad' OR lease_expires_ms <= {now})",
+                    placeholders(ids.len())
+                ),
+                ids.iter().map(|&id| Param::Int(id as i64)).collect(),
+            ),
+        };
+        self.execute(action, sql, params).await
+    }
+
+    /// Deletes the jobs matching `filter` (at most `limit`, lowest ids first) and returns how
+    /// many. A purged job is never run again: purging ready write retries loses writes.
+    pub async fn purge(&self, filter: &JobFilter) -> Result<u64, QueueError> {
+        let (clause, mut params) = filter_clause(filter);
+        let sql = match (filter.limit, &self.db) {
+            (None, _) => format!("DELETE FROM gizzard_jobs{clause}"),
+            (Some(_), Database::Mysql { .. }) => {
+                format!("DELETE FROM gizzard_jobs{clause} ORDER BY id LIMIT ?")
+            }
+            // SQLite's DELETE has no LIMIT unless built with it.
+            (Some(_), Database::Sqlite { .. }) => format!(
+                "DELETE FROM gizzard_jobs WHERE id IN \
+                 (SELECT id FROM gizzard_jobs{clause} ORDER BY id LIMIT ?)"
+            ),
+        };
+        if let Some(limit) = filter.limit {
+            params.push(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        }
+        self.execute("purge jobs".to_owned(), sql, params).await
+    }
+
+    /// Deletes the jobs with these ids and returns how many existed. A purged job is never
+    /// run again.
+    pub async fn purge_ids(&self, ids: &[u64]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "DELETE FROM gizzard_jobs WHERE id IN ({})",
+            placeholders(ids.len())
+        );
+        let params = ids.iter().map(|&id| Param::Int(id as i64)).collect();
+        self.execute(format!("purge {} jobs", ids.len()), sql, params)
+            .await
+    }
+
+    /// Stops claims of `priority` on every server; running jobs finish.
+    pub async fn pause(&self, priority: Priority) -> Result<(), QueueError> {
+        self.set_paused(priority, true).await
+    }
+
+    /// Lets `priority` be claimed again.
+    pub async fn resume(&self, priority: Priority) -> Result<(), QueueError> {
+        self.set_paused(priority, false).await
+    }
+
+    async fn set_paused(&self, priority: Priority, paused: bool) -> Result<(), QueueError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.execute(
+            format!("{verb} {priority} priority jobs"),
+            "UPDATE gizzard_queue_control SET paused = ? WHERE priority = ?".to_owned(),
+            vec![Param::Int(i64::from(paused)), Param::Int(priority.code())],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Returns the paused priorities.
+    pub async fn paused(&self) -> Result<BTreeSet<Priority>, QueueError> {
+        let rows = self
+            .query_ints(
+                "read paused priorities",
+                "SELECT priority, 0 FROM gizzard_queue_control WHERE paused <> 0",
+                vec![],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(code, _)| {
+                Priority::from_code(code).ok_or_else(|| {
+                    QueueError::BadRow(format!("gizzard_queue_control: unknown priority {code}"))
+                })
+            })
+            .collect()
+    }
+
+    /// Returns how many jobs there are per priority and state (pairs without jobs are left
+    /// out).
+    pub async fn depth(&self) -> Result<BTreeMap<(Priority, JobState), u64>, QueueError> {
+        let sql = "SELECT priority, state, COUNT(*) FROM gizzard_jobs GROUP BY priority, state";
+        let rows: Vec<(i64, String, i64)> = match &self.db {
+            Database::Mysql { .. } => {
+                let rows: Vec<(Value, Value, Value)> = self
+                    .db
+                    .mysql(move |mut conn| async move { conn.query(sql).await })
+                    .await
+                    .map_err(read_err("count jobs"))?;
+                rows.into_iter()
+                    .map(|(a, b, c)| Ok((mysql_int(a)?, mysql_text(b)?, mysql_int(c)?)))
+                    .collect::<Result<_, QueueError>>()?
+            }
+            Database::Sqlite { .. } => self
+                .db
+                .sqlite(move |conn| {
+                    conn.prepare_cached(sql)?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
+                .await
+                .map_err(read_err("count jobs"))?,
+        };
+        let mut depth = BTreeMap::new();
+        for (code, state, count) in rows {
+            let priority = Priority::from_code(code)
+                .ok_or_else(|| QueueError::BadRow(format!("unknown priority {code}")))?;
+            let state = state
+                .parse()
+                .map_err(|_| QueueError::BadRow(format!("unknown state {state:?}")))?;
+            *depth.entry((priority, state)).or_default() += u64::try_from(count).unwrap_or(0);
+        }
+        Ok(depth)
+    }
+
+    /// Returns how many jobs, ready or bad, target `shard`. A migration waits for this to
+    /// reach zero: until then some write has not reached the shard.
+    pub async fn pending_for_shard(&self, shard: &str) -> Result<u64, QueueError> {
+        let rows = self
+            .query_ints(
+                &format!("count jobs for shard {shard:?}"),
+                "SELECT COUNT(*), 0 FROM gizzard_jobs WHERE shard = ?",
+                vec![Param::Text(shard.to_owned())],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map_or(0, |&(count, _)| u64::try_from(count).unwrap_or(0)))
+    }
+
+    /// Returns the database clock expression of this backend.
+    fn now_ms(&self) -> &'static str {
+        match self.db {
+            Database::Mysql { .. } => MYSQL_NOW_MS,
+            Database::Sqlite { .. } => SQLITE_NOW_MS,
+        }
+    }
+
+    /// Maps the rows a lease-guarded change matched to `LeaseLost` when there were none.
+    fn owned(&self, job: &ClaimedJob, changed: u64) -> Result<(), QueueError> {
+        match changed {
+            0 => Err(QueueError::LeaseLost {
+                id: job.id,
+                owner: job.owner.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs one change and returns how many rows it matched.
+    async fn execute(
+        &self,
+        action: String,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<u64, QueueError> {
+        match &self.db {
+            Database::Mysql { .. } => {
+                self.db
+                    .mysql(move |mut conn| async move {
+                        conn.exec_drop(sql, to_mysql(params)).await?;
+                        Ok(conn.affected_rows())
+                    })
+                    .await
+            }
+            Database::Sqlite { .. } => {
+                self.db
+                    .sqlite(move |conn| {
+                        let changed = conn
+                            .prepare_cached(&sql)?
+                            .execute(rusqlite::params_from_iter(params))?;
+                        Ok(changed as u64)
+                    })
+                    .await
+            }
+        }
+        .map_err(write_err(action))
+    }
+
+    /// Runs a query whose rows are two integers.
+    async fn query_ints(
+        &self,
+        action: &str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<Vec<(i64, i64)>, QueueError> {
+        match &self.db {
+            Database::Mysql { .. } => {
+                let rows: Vec<(Value, Value)> = self
+                    .db
+                    .mysql(move |mut conn| async move { conn.exec(sql, to_mysql(params)).await })
+                    .await
+                    .map_err(read_err(action))?;
+                rows.into_iter()
+                    .map(|(a, b)| Ok((mysql_int(a)?, mysql_int(b)?)))
+                    .collect()
+            }
+            Database::Sqlite { .. } => self
+                .db
+                .sqlite(move |conn| {
+                    conn.prepare_cached(sql)?
+                        .query_map(rusqlite::params_from_iter(params), |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect()
+                })
+                .await
+                .map_err(read_err(action)),
+        }
+    }
+}
+
+/// Parameters of the failure UPDATE: state, attempts, last_error, delay, id.
+fn outcome_params(outcome: FailOutcome, error: String, id: i64) -> Vec<Param> {
+    let (state, attempts, delay) = match outcome {
+        FailOutcome::Retrying { attempts, delay } => (JobState::Ready, attempts, delay),
+        FailOutcome::Parked { attempts } => (JobState::Bad, attempts, Duration::ZERO),
+    };
+    vec![
+        Param::Text(state.as_str().to_owned()),
+        Param::Int(i64::from(attempts)),
+        Param::Text(error),
+        Param::Int(millis(delay)),
+        Param::Int(id),
+    ]
+}
+
+fn to_mysql(params: Vec<Param>) -> Vec<Value> {
+    params.into_iter().map(Value::from).collect()
+}
+
+/// Splits `jobs` into runs of at most [`INSERT_ROWS`] rows and about [`INSERT_BYTES`] bytes.
+fn insert_chunks(jobs: &[NewJob]) -> Vec<&[NewJob]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, job) in jobs.iter().enumerate() {
+        if i > start && (i - start == INSERT_ROWS || bytes + job.payload.len() > INSERT_BYTES) {
+            chunks.push(&jobs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += job.payload.len();
+    }
+    chunks.push(&jobs[start..]);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_base_up_to_the_cap() {
+        let policy = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        for attempts in 1..=40u32 {
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << (attempts - 1).min(31))
+                .min(Duration::from_secs(60));
+            for _ in 0..200 {
+                let delay = policy.backoff(attempts, &mut rng);
+                assert!(
+                    delay <= full,
+                    "attempt {attempts}: {delay:?} above {full:?}"
+                );
+                assert!(
+                    delay >= full / 2,
+                    "attempt {attempts}: {delay:?} below half of {full:?}"
+                );
+            }
+        }
+        // Past the cap the delay never exceeds it, even for absurd attempt counts.
+        assert!(policy.backoff(u32::MAX, &mut rng) <= Duration::from_secs(60));
+        assert!(policy.backoff(0, &mut rng) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_grows_on_average() {
+        let policy = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mean = |attempts: u32, rng: &mut StdRng| {
+            (0..500)
+                .map(|_| policy.backoff(attempts, rng).as_millis())
+                .sum::<u128>()
+                / 500
+        };
+        let means: Vec<u128> = (1..=10).map(|a| mean(a, &mut rng)).collect();
+        for pair in means.windows(2) {
+            assert!(pair[1] > pair[0], "mean delays do not grow: {means:?}");
+        }
+        assert_eq!(
+            mean(30, &mut rng) / 1000,
+            45,
+            "capped at 60 s, jittered to 30..=60 s"
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_delays() {
+        let policy = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(3);
+        let delays: BTreeSet<Duration> = (0..100).map(|_| policy.backoff(5, &mut rng)).collect();
+        assert!(delays.len() > 50, "only {} distinct delays", delays.len());
+        let refused: BTreeSet<Duration> =
+            (0..100).map(|_| policy.refused_backoff(&mut rng)).collect();
+        assert!(
+            refused
+                .iter()
+                .all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn priorities_order_high_first_and_parse() {
+        assert!(Priority::High < Priority::Low && Priority::Low < Priority::Copy);
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>().ok(), Some(p));
+            assert_eq!(Priority::from_code(p.code()), Some(p));
+        }
+        let err = "urgent".parse::<Priority>().expect_err("unknown");
+        assert!(err.to_string().contains("\"urgent\""), "{err}");
+    }
+
+    #[test]
+    fn inserts_are_chunked_by_rows_and_bytes() {
+        let small = NewJob::new(Priority::High, "write", vec![0; 10]);
+        let jobs = vec![small; 1201];
+        let sizes: Vec<usize> = insert_chunks(&jobs).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [500, 500, 201]);
+        let big = NewJob::new(Priority::Copy, "copy", vec![0; 3 << 20]);
+        let sizes: Vec<usize> = insert_chunks(&[big.clone(), big.clone(), big])
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, [1, 1, 1]);
+    }
+
+    #[test]
+    fn long_errors_are_cut_at_a_char_boundary() {
+        let error = "é".repeat(3000);
+        let cut = truncate_error(&error);
+        assert!(cut.len() <= MAX_ERROR + "…".len());
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn invalid_jobs_are_named() {
+        let err = NewJob::new(Priority::Low, "", vec![])
+            .validate()
+            .expect_err("empty type");
+        assert!(err.to_string().contains("job type"), "{err}");
+        let err = NewJob::new(Priority::Low, "x", vec![])
+            .with_shard("")
+            .validate()
+            .expect_err("shard");
+        assert!(err.to_string().contains("shard id"), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! A Gizzard proxy's moving parts, started together: the nameserver and its routing snapshot
+//! (polled for changes), the job queue and its workers, the shard router and the writer, and
+//! the admin service. The application (T-Bird) serves its own API next to them.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    db::{Database, DbError},
+    manager::{Manager, ManagerParts},
+    nameserver::{DEFAULT_POLL_INTERVAL, NameServer, NameServerError, Routing},
+    scheduler::{
+        ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, QueueError, WorkerSettings, Workers,
+    },
+    shards::{PhysicalShard, Registry, ShardRouter, WriteOp, Writer, write::DEFAULT_LEAF_TIMEOUT},
+};
+
+/// How a proxy runs.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// The nameserver database: `mysql://...` or `sqlite://PATH`.
+    pub nameserver_url: String,
+    /// Deadline of each nameserver and shard database operation.
+    pub db_timeout: Duration,
+    /// Deadline of a write on one replica, after which it is queued for retry.
+    pub leaf_timeout: Duration,
+    /// How often the routing snapshot's version is polled.
+    pub poll_interval: Duration,
+    /// The job workers.
+    pub workers: WorkerSettings,
+    /// The bearer token admin calls that change anything must carry.
+    pub admin_token: Option<String>,
+    /// This server's name, reported by `gizzmo ping`.
+    pub server_name: String,
+}
+
+impl ProxySettings {
+    /// Returns settings with defaults for everything but the nameserver.
+    pub fn new(nameserver_url: impl Into<String>) -> Self {
+        Self {
+            nameserver_url: nameserver_url.into(),
+            db_timeout: crate::db::DEFAULT_TIMEOUT,
+            leaf_timeout: DEFAULT_LEAF_TIMEOUT,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            workers: WorkerSettings::default(),
+            admin_token: None,
+            server_name: "gizzard".into(),
+        }
+    }
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("open nameserver database: {0}")]
+    Database(#[from] DbError),
+    #[error("open nameserver: {0}")]
+    NameServer(#[from] NameServerError),
+    #[error("open job queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// A running proxy for physical shards `S` and writes `W`.
+pub struct Proxy<S, W> {
+    pub nameserver: NameServer,
+    pub routing: Arc<Routing>,
+    pub queue: JobQueue,
+    pub router: Arc<ShardRouter<S>>,
+    pub writer: Arc<Writer<S, W>>,
+    settings: ProxySettings,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<S, W> std::fmt::Debug for Proxy<S, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
+    /// Opens the nameserver and the queue, loads the routing snapshot, and starts the poller
+    /// and the job workers, which run write retries and the `runners` given (by job type)
+    /// until `shutdown`.
+    pub async fn start(
+        settings: ProxySettings,
+        registry: Registry<S>,
+        runners: HashMap<String, Arc<dyn JobRunner>>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let db = Database::open(&settings.nameserver_url, settings.db_timeout).await?;
+        let nameserver = NameServer::open(db.clone()).await?;
+        let queue = JobQueue::open(db).await?;
+        let routing = Arc::new(Routing::new(nameserver.clone()).await?);
+        let poller = routing
+            .clone()
+            .spawn_poller(settings.poll_interval, shutdown.clone());
+        let router = Arc::new(ShardRouter::new(
+            routing.clone(),
+            registry,
+            settings.db_timeout,
+        ));
+        let writer = Arc::new(Writer::new(
+            router.clone(),
+            queue.clone(),
+            settings.leaf_timeout,
+        ));
+        let mut dispatch = Dispatch { runners };
+        dispatch.runners.insert(
+            W::JOB_TYPE.to_owned(),
+            Arc::new(WriteRetries(writer.clone())),
+        );
+        let workers = Workers::spawn(
+            queue.clone(),
+            Arc::new(dispatch),
+            settings.workers.clone(),
+            shutdown,
+        );
+        Ok(Self {
+            nameserver,
+            routing,
+            queue,
+            router,
+            writer,
+            settings,
+            tasks: vec![poller, workers],
+        })
+    }
+
+    /// Returns the admin service of this proxy.
+    pub fn manager(&self) -> Manager {
+        let parts = ManagerParts {
+            nameserver: self.nameserver.clone(),
+            routing: self.routing.clone(),
+            queue: self.queue.clone(),
+            types: self.router.registry().shard_types(),
+            materializer: self.router.clone(),
+        };
+        Manager::new(
+            parts,
+            self.settings.admin_token.clone(),
+            self.settings.server_name.clone(),
+        )
+    }
+
+    /// Waits for the poller and the workers to stop after shutdown was cancelled.
+    pub async fn stopped(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Runs each job with the runner of its type.
+struct Dispatch {
+    runners: HashMap<String, Arc<dyn JobRunner>>,
+}
+
+impl JobRunner for Dispatch {
+    fn run<'a>(&'a self, job: &'a ClaimedJob) -> JobFuture<'a> {
+        match self.runners.get(&job.job_type) {
+            Some(runner) => runner.run(job),
+            // Counted: after the error limit it parks as bad, where an operator sees it.
+            None => Box::pin(async move {
+                Err(JobFailure::counted(format!(
+                    "no runner for job type {:?} on this server",
+                    job.job_type
+                )))
+            }),
+        }
+    }
+}
+
+/// Runs write retries.
+struct WriteRetries<S, W>(Arc<Writer<S, W>>);
+
+impl<S: PhysicalShard, W: WriteOp<S>> JobRunner for WriteRetries<S, W> {
+    fn run<'a>(&'a self, job: &'a ClaimedJob) -> JobFuture<'a> {
+        Box::pin(async move {
+            self.0.retry(job).await.map_err(|err| JobFailure {
+                counts: err.counts_as_failure(),
+                message: err.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! Shards: the routing trees a forwarding points at, and the physical tables at their leaves.
+//!
+//! - [`node`]: the runtime tree ([`Node`]): which leaves a read tries, in what order, and
+//!   which leaves a write goes to, per node type (Replicating, ReadOnly, WriteOnly, Blocked,
+//!   BlackHole, leaf).
+//! - [`health`]: failure accrual, so a dead replica is tried last instead of costing every
+//!   read a timeout.
+//! - [`registry`]: the application's physical shard types by class name.
+//! - [`router`]: builds trees from the current routing snapshot, keeping one physical shard
+//!   per leaf and one connection pool per host across reloads.
+//! - [`write`]: the write path: apply a write to every writable leaf in parallel, store a
+//!   retry job for each leaf that failed, and run those jobs.
+
+pub mod health;
+pub mod node;
+pub mod registry;
+pub mod router;
+pub mod write;
+
+pub use node::{Leaf, Node, WritePlan};
+pub use registry::{Checksum, PhysicalShard, Registry};
+pub use router::ShardRouter;
+pub use write::{WriteError, WriteOp, WriteOutcome, Writer};
+
+use std::time::Duration;
+
+/// Why an operation on a shard failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ShardError {
+    /// The shard's host did not answer or refused the connection.
+    #[error("shard {shard} is unavailable: {reason}")]
+    Unavailable { shard: String, reason: String },
+    /// No answer within the deadline: a write may or may not have been applied.
+    #[error("shard {shard} did not answer within {after:?} (a write may have been applied)")]
+    Timeout { shard: String, after: Duration },
+    /// A Blocked or ReadOnly node refused the operation; writes are retried later.
+    #[error("shard {shard} refused the operation: {reason}")]
+    Refused { shard: String, reason: String },
+    /// The database answered with an error.
+    #[error("shard {shard}: {message}")]
+    Query { shard: String, message: String },
+    /// The tree has no shard that can serve reads.
+    #[error("no readable shard under {shard}")]
+    NotReadable { shard: String },
+}
+
+impl ShardError {
+    /// Returns whether a retry should count towards a job's error limit: refusals by the
+    /// topology and unreachable hosts wait for an operator or a recovery, not for the data.
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(
+            self,
+            Self::Refused { .. } | Self::Unavailable { .. } | Self::Timeout { .. }
+        )
+    }
+}
+
+impl ShardError {
+    /// Classifies a database error on `shard`: unreachable hosts and deadlines apart from
+    /// errors the server answered with.
+    pub fn from_db(shard: &crate::nameserver::ShardId, err: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        let shard = shard.to_string();
+        match err {
+            DbError::Timeout(after) => Self::Timeout { shard, after },
+            DbError::Mysql(mysql_async::Error::Server(e)) => Self::Query {
+                shard,
+                message: e.to_string(),
+            },
+            DbError::Mysql(e) => Self::Unavailable {
+                shard,
+                reason: e.to_string(),
+            },
+            DbError::Sqlite(e) => Self::Query {
+                shard,
+                message: e.to_string(),
+            },
+            DbError::Url { .. } | DbError::Task(_) => Self::Unavailable {
+                shard,
+                reason: err.to_string(),
+            },
+        }
+    }
+}

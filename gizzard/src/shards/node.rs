@@ -1,0 +1,394 @@
+//! The runtime routing tree. Each node type decides where reads and writes go:
+//!
+//! | node | reads | writes |
+//! |---|---|---|
+//! | Replicating | children in weighted-random order, failing over; weight 0 never read | all children |
+//! | ReadOnly | pass through | refused (retried later) |
+//! | WriteOnly | skipped | pass through |
+//! | Blocked | refused | refused (retried later) |
+//! | BlackHole | nothing there | dropped |
+//! | leaf | the physical table | the physical table |
+
+use std::{future::Future, sync::Arc};
+
+use rand::Rng;
+
+use super::{ShardError, health::LeafHealth};
+use crate::nameserver::ShardId;
+
+/// A physical shard in a tree, with the health record shared by every tree holding it.
+#[derive(Debug)]
+pub struct Leaf<S> {
+    pub id: ShardId,
+    pub shard: Arc<S>,
+    pub health: Arc<LeafHealth>,
+}
+
+impl<S> Clone for Leaf<S> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            shard: self.shard.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// A node of a routing tree.
+#[derive(Debug)]
+pub enum Node<S> {
+    Replicating {
+        id: ShardId,
+        children: Vec<(u32, Node<S>)>,
+    },
+    ReadOnly {
+        id: ShardId,
+        child: Box<Node<S>>,
+    },
+    WriteOnly {
+        id: ShardId,
+        child: Box<Node<S>>,
+    },
+    Blocked {
+        id: ShardId,
+        child: Box<Node<S>>,
+    },
+    BlackHole {
+        id: ShardId,
+    },
+    Leaf(Leaf<S>),
+}
+
+/// Where one write goes.
+#[derive(Debug)]
+pub struct WritePlan<'a, S> {
+    /// Leaves to write now.
+    pub leaves: Vec<&'a Leaf<S>>,
+    /// Leaves behind a ReadOnly or Blocked node: each gets a retry job.
+    pub refused: Vec<(&'a Leaf<S>, ShardError)>,
+}
+
+impl<S> Node<S> {
+    /// Returns this node's shard id.
+    pub fn id(&self) -> &ShardId {
+        match self {
+            Self::Replicating { id, .. }
+            | Self::ReadOnly { id, .. }
+            | Self::WriteOnly { id, .. }
+            | Self::Blocked { id, .. }
+            | Self::BlackHole { id } => id,
+            Self::Leaf(leaf) => &leaf.id,
+        }
+    }
+
+    /// Returns every leaf under this node, once each.
+    pub fn leaves(&self) -> Vec<&Leaf<S>> {
+        let mut out = Vec::new();
+        self.collect_leaves(&mut out);
+        dedup(&mut out);
+        out
+    }
+
+    fn collect_leaves<'a>(&'a self, out: &mut Vec<&'a Leaf<S>>) {
+        match self {
+            Self::Replicating { children, .. } => {
+                children
+                    .iter()
+                    .for_each(|(_, child)| child.collect_leaves(out));
+            }
+            Self::ReadOnly { child, .. }
+            | Self::WriteOnly { child, .. }
+            | Self::Blocked { child, .. } => {
+                child.collect_leaves(out);
+            }
+            Self::BlackHole { .. } => {}
+            Self::Leaf(leaf) => out.push(leaf),
+        }
+    }
+
+    /// Returns the leaves a read tries, in order: weighted-random among replicas, suspect
+    /// leaves last. Fails when a Blocked node refuses and nothing else can be read.
+    pub fn read_order(&self, rng: &mut impl Rng) -> Result<Vec<&Leaf<S>>, ShardError> {
+        let mut order = Vec::new();
+        let mut refusal = None;
+        self.collect_reads(rng, &mut order, &mut refusal);
+        dedup(&mut order);
+        if order.is_empty() {
+            return Err(refusal.unwrap_or_else(|| ShardError::NotReadable {
+                shard: self.id().to_string(),
+            }));
+        }
+        // Stable: healthy leaves keep their random order, suspect ones move to the back.
+        order.sort_by_key(|leaf| leaf.health.is_suspect());
+        Ok(order)
+    }
+
+    fn collect_reads<'a>(
+        &'a self,
+        rng: &mut impl Rng,
+        out: &mut Vec<&'a Leaf<S>>,
+        refusal: &mut Option<ShardError>,
+    ) {
+        match self {
+            Self::Replicating { children, .. } => {
+                for child in weighted_order(children, rng) {
+                    child.collect_reads(rng, out, refusal);
+                }
+            }
+            Self::ReadOnly { child, .. } => child.collect_reads(rng, out, refusal),
+            Self::WriteOnly { .. } | Self::BlackHole { .. } => {}
+            Self::Blocked { id, .. } => {
+                *refusal = Some(ShardError::Refused {
+                    shard: id.to_string(),
+                    reason: "blocked".into(),
+                });
+            }
+            Self::Leaf(leaf) => out.push(leaf),
+        }
+    }
+
+    /// Returns where a write goes: the writable leaves, and the leaves a ReadOnly or Blocked
+    /// node keeps from it for now.
+    pub fn write_plan(&self) -> WritePlan<'_, S> {
+        let mut plan = WritePlan {
+            leaves: Vec::new(),
+            refused: Vec::new(),
+        };
+        self.collect_writes(&mut plan);
+        dedup(&mut plan.leaves);
+        plan
+    }
+
+    fn collect_writes<'a>(&'a self, plan: &mut WritePlan<'a, S>) {
+        match self {
+            Self::Replicating { children, .. } => {
+                children
+                    .iter()
+                    .for_each(|(_, child)| child.collect_writes(plan));
+            }
+            Self::WriteOnly { child, .. } => child.collect_writes(plan),
+            Self::ReadOnly { id, child } | Self::Blocked { id, child } => {
+                let reason = if matches!(self, Self::ReadOnly { .. }) {
+                    "read-only"
+                } else {
+                    "blocked"
+                };
+                for leaf in child.leaves() {
+                    let err = ShardError::Refused {
+                        shard: id.to_string(),
+                        reason: reason.into(),
+                    };
+                    plan.refused.push((leaf, err));
+                }
+            }
+            Self::BlackHole { .. } => {}
+            Self::Leaf(leaf) => plan.leaves.push(leaf),
+        }
+    }
+
+    /// Runs a read on the leaves in read order until one succeeds. Unreachable leaves count
+    /// towards failure accrual; every failure moves on to the next leaf.
+    pub async fn read<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ShardError>
+    where
+        F: Fn(&'a Leaf<S>) -> Fut,
+        Fut: Future<Output = Result<T, ShardError>>,
+    {
+        let order = self.read_order(&mut rand::rng())?;
+        let mut last_err = None;
+        for leaf in order {
+            match op(leaf).await {
+                Ok(value) => {
+                    leaf.health.succeeded();
+                    return Ok(value);
+                }
+                Err(err) => {
+                    if matches!(
+                        err,
+                        ShardError::Unavailable { .. } | ShardError::Timeout { .. }
+                    ) {
+                        leaf.health.failed();
+                    }
+                    tracing::debug!(shard = %leaf.id, error = %err, "read failed; trying the next replica");
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ShardError::NotReadable {
+            shard: self.id().to_string(),
+        }))
+    }
+}
+
+/// Returns the children with weight above zero in weighted-random order.
+fn weighted_order<'a, S>(children: &'a [(u32, Node<S>)], rng: &mut impl Rng) -> Vec<&'a Node<S>> {
+    let mut pool: Vec<(u64, &Node<S>)> = children
+        .iter()
+        .filter(|(w, _)| *w > 0)
+        .map(|(w, n)| (u64::from(*w), n))
+        .collect();
+    let mut order = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let total: u64 = pool.iter().map(|(w, _)| w).sum();
+        let mut pick = rng.random_range(0..total);
+        let index = pool
+            .iter()
+            .position(|(w, _)| {
+                if pick < *w {
+                    return true;
+                }
+                pick -= w;
+                false
+            })
+            .unwrap_or(pool.len() - 1);
+        order.push(pool.swap_remove(index).1);
+    }
+    order
+}
+
+/// Removes repeated leaves (a leaf reachable twice in a DAG), keeping the first.
+fn dedup<S>(leaves: &mut Vec<&Leaf<S>>) {
+    let mut seen = std::collections::HashSet::new();
+    leaves.retain(|leaf| seen.insert(leaf.id.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(host: &str) -> Node<()> {
+        let id = ShardId::new(host, "t_0001").expect("valid id");
+        Node::Leaf(Leaf {
+            id,
+            shard: Arc::new(()),
+            health: Arc::default(),
+        })
+    }
+
+    fn virtual_id(name: &str) -> ShardId {
+        ShardId::new("localhost", name).expect("valid id")
+    }
+
+    fn wrap(kind: &str, child: Node<()>) -> Node<()> {
+        let (id, child) = (virtual_id(kind), Box::new(child));
+        match kind {
+            "ro" => Node::ReadOnly { id, child },
+            "wo" => Node::WriteOnly { id, child },
+            _ => Node::Blocked { id, child },
+        }
+    }
+
+    fn replicating(children: Vec<(u32, Node<()>)>) -> Node<()> {
+        Node::Replicating {
+            id: virtual_id("rep"),
+            children,
+        }
+    }
+
+    fn hosts(leaves: &[&Leaf<()>]) -> Vec<String> {
+        leaves.iter().map(|l| l.id.hostname.clone()).collect()
+    }
+
+    #[test]
+    fn node_types_route_as_the_design_says() {
+        let tree = replicating(vec![
+            (1, leaf("a")),
+            (1, wrap("ro", leaf("b"))),
+            (1, wrap("wo", leaf("c"))),
+            (1, wrap("blocked", leaf("d"))),
+            (
+                1,
+                Node::BlackHole {
+                    id: virtual_id("hole"),
+                },
+            ),
+            (0, leaf("e")),
+        ]);
+        let mut reads = hosts(&tree.read_order(&mut rand::rng()).expect("readable"));
+        reads.sort();
+        assert_eq!(
+            reads,
+            ["a", "b"],
+            "WriteOnly, Blocked, BlackHole and weight 0 are not read"
+        );
+
+        let plan = tree.write_plan();
+        assert_eq!(
+            hosts(&plan.leaves),
+            ["a", "c", "e"],
+            "weight 0 is still written"
+        );
+        let refused: Vec<_> = plan
+            .refused
+            .iter()
+            .map(|(l, _)| l.id.hostname.clone())
+            .collect();
+        assert_eq!(
+            refused,
+            ["b", "d"],
+            "ReadOnly and Blocked leaves get retry jobs"
+        );
+    }
+
+    #[test]
+    fn a_blocked_tree_refuses_reads() {
+        let err = wrap("blocked", leaf("a"))
+            .read_order(&mut rand::rng())
+            .expect_err("blocked");
+        assert!(matches!(err, ShardError::Refused { .. }), "{err}");
+        let hole = Node::<()>::BlackHole {
+            id: virtual_id("hole"),
+        };
+        assert!(matches!(
+            hole.read_order(&mut rand::rng()),
+            Err(ShardError::NotReadable { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_follow_weights_and_put_suspect_leaves_last() {
+        let tree = replicating(vec![(9, leaf("heavy")), (1, leaf("light"))]);
+        let mut rng = rand::rng();
+        let heavy_first = (0..2_000)
+            .filter(|_| tree.read_order(&mut rng).expect("readable")[0].id.hostname == "heavy")
+            .count();
+        assert!(
+            (1_650..1_950).contains(&heavy_first),
+            "weight 9:1 gave {heavy_first}/2000"
+        );
+
+        let Node::Replicating { children, .. } = &tree else {
+            unreachable!()
+        };
+        let Node::Leaf(heavy) = &children[0].1 else {
+            unreachable!()
+        };
+        (0..3).for_each(|_| heavy.health.failed());
+        for _ in 0..50 {
+            assert_eq!(
+                hosts(&tree.read_order(&mut rng).expect("readable")),
+                ["light", "heavy"]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_fail_over_to_the_next_replica() {
+        let tree = replicating(vec![(1, leaf("dead")), (1, leaf("live"))]);
+        for _ in 0..20 {
+            let host = tree
+                .read(|leaf| async move {
+                    if leaf.id.hostname == "dead" {
+                        Err(ShardError::Unavailable {
+                            shard: leaf.id.to_string(),
+                            reason: "down".into(),
+                        })
+                    } else {
+                        Ok(leaf.id.hostname.clone())
+                    }
+                })
+                .await
+                .expect("the live replica answers");
+            assert_eq!(host, "live");
+        }
+    }
+}

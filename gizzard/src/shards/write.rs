@@ -1,0 +1,240 @@
+//! The write path. A write is an idempotent, commutative operation ([`WriteOp`]) applied to
+//! every writable leaf of its key's tree in parallel, each under a deadline. A leaf that
+//! fails, times out, is suspect, or sits behind a ReadOnly or Blocked node gets a retry job in
+//! the durable queue. The caller is acknowledged once every leaf has applied the write or has
+//! a stored retry job; when storing fails the caller gets [`WriteError::NotDurable`], and since
+//! writes are idempotent, retrying is safe.
+//!
+//! A retry job names its target leaf and carries the key, so [`Writer::retry`] can check the
+//! leaf against the topology of the moment: still writable, it is written; refused by a node,
+//! the job waits without counting; gone from the key's tree (moved by a migration), the write
+//! goes to the key's current tree instead, so nothing acknowledged is lost.
+
+use std::{future::Future, marker::PhantomData, sync::Arc, time::Duration};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Leaf, PhysicalShard, ShardError, ShardRouter, router::RouteError};
+use crate::{
+    nameserver::ShardId,
+    scheduler::{ClaimedJob, JobQueue, NewJob, Priority, QueueError},
+};
+
+/// The default deadline of a write on one leaf.
+pub const DEFAULT_LEAF_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A write of the application: idempotent (applying it twice changes nothing) and commutative
+/// (writes to one key in any order converge), so replicas may apply it late and repeatedly.
+pub trait WriteOp<S>: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The job type of this write's retries.
+    const JOB_TYPE: &'static str;
+
+    /// Applies the write to one physical shard.
+    fn apply<'a>(
+        &'a self,
+        shard: &'a S,
+    ) -> impl Future<Output = Result<(), ShardError>> + Send + 'a;
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("route write: {0}")]
+    Route(#[from] RouteError),
+    /// Some leaf neither applied the write nor got a retry job; others may have applied it.
+    #[error("write not stored durably ({reason}); it may be partly applied and retrying is safe")]
+    NotDurable { reason: String },
+}
+
+/// What happened to an acknowledged write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Leaves that applied it now.
+    pub applied: usize,
+    /// Leaves that will apply it from the retry queue.
+    pub queued: usize,
+}
+
+/// The payload of a retry job.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Retry<W> {
+    table_id: i32,
+    key: u64,
+    op: W,
+}
+
+/// Writes through the router, with retries in the queue.
+pub struct Writer<S, W> {
+    router: Arc<ShardRouter<S>>,
+    queue: JobQueue,
+    leaf_timeout: Duration,
+    _op: PhantomData<fn(W)>,
+}
+
+impl<S, W> std::fmt::Debug for Writer<S, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("leaf_timeout", &self.leaf_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
+    /// Returns a writer; each leaf gets `leaf_timeout` to apply a write.
+    pub fn new(router: Arc<ShardRouter<S>>, queue: JobQueue, leaf_timeout: Duration) -> Self {
+        Self {
+            router,
+            queue,
+            leaf_timeout,
+            _op: PhantomData,
+        }
+    }
+
+    /// Returns the router writes go through.
+    pub fn router(&self) -> &Arc<ShardRouter<S>> {
+        &self.router
+    }
+
+    /// Applies `op` for `key` of `table_id` to its tree; returns once it is applied or queued
+    /// on every writable leaf.
+    pub async fn write(&self, table_id: i32, key: u64, op: &W) -> Result<WriteOutcome, WriteError> {
+        let tree = self.router.tree(table_id, key).await?;
+        let plan = tree.write_plan();
+        let results =
+            futures::future::join_all(plan.leaves.iter().map(|leaf| self.apply(leaf, op))).await;
+        let mut retries: Vec<(&ShardId, ShardError)> = Vec::new();
+        let mut applied = 0;
+        for (leaf, result) in plan.leaves.iter().zip(results) {
+            match result {
+                Ok(()) => applied += 1,
+                Err(err) => retries.push((&leaf.id, err)),
+            }
+        }
+        retries.extend(
+            plan.refused
+                .iter()
+                .map(|(leaf, err)| (&leaf.id, err.clone())),
+        );
+        let outcome = WriteOutcome {
+            applied,
+            queued: retries.len(),
+        };
+        if !retries.is_empty() {
+            self.enqueue(table_id, key, op, &retries).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Applies `op` to one leaf under the deadline. A suspect leaf is not tried: its write goes
+    /// straight to the queue, so a dead replica does not slow every write down.
+    async fn apply(&self, leaf: &Leaf<S>, op: &W) -> Result<(), ShardError> {
+        if leaf.health.is_suspect() {
+            return Err(ShardError::Unavailable {
+                shard: leaf.id.to_string(),
+                reason: "failing; retried from the queue".into(),
+            });
+        }
+        let result = match tokio::time::timeout(self.leaf_timeout, op.apply(&leaf.shard)).await {
+            Ok(result) => result,
+            Err(_) => Err(ShardError::Timeout {
+                shard: leaf.id.to_string(),
+                after: self.leaf_timeout,
+            }),
+        };
+        match &result {
+            Ok(()) => leaf.health.succeeded(),
+            Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
+                leaf.health.failed()
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn enqueue(
+        &self,
+        table_id: i32,
+        key: u64,
+        op: &W,
+        retries: &[(&ShardId, ShardError)],
+    ) -> Result<(), WriteError> {
+        let payload = Retry { table_id, key, op };
+        let not_durable = |reason: String| WriteError::NotDurable { reason };
+        let mut jobs = Vec::with_capacity(retries.len());
+        for (leaf, err) in retries {
+            tracing::debug!(shard = %leaf, error = %err, "write queued for retry");
+            let job = NewJob::json(Priority::High, W::JOB_TYPE, &payload)
+                .map_err(|e| not_durable(e.to_string()))?;
+            jobs.push(job.with_shard(leaf.to_string()));
+        }
+        self.queue
+            .enqueue_many(&jobs)
+            .await
+            .map_err(|e: QueueError| {
+                let leaves: Vec<String> =
+                    retries.iter().map(|(leaf, _)| leaf.to_string()).collect();
+                not_durable(format!("store retries for {}: {e}", leaves.join(", ")))
+            })?;
+        Ok(())
+    }
+
+    /// Runs one retry job: writes its target leaf if the current topology still routes the key
+    /// there, waits (without counting) while a node refuses, and otherwise writes the key's
+    /// current tree.
+    pub async fn retry(&self, job: &ClaimedJob) -> Result<(), ShardError> {
+        let retry: Retry<W> = job.decode().map_err(|e| ShardError::Query {
+            shard: job.shard.clone().unwrap_or_default(),
+            message: format!("decode retry job {}: {e}", job.id),
+        })?;
+        let target = job.shard.as_deref().unwrap_or_default();
+        let route_err = |e: RouteError| ShardError::Unavailable {
+            shard: target.to_owned(),
+            reason: e.to_string(),
+        };
+        let tree = self
+            .router
+            .tree(retry.table_id, retry.key)
+            .await
+            .map_err(route_err)?;
+        let plan = tree.write_plan();
+        if let Some(leaf) = plan
+            .leaves
+            .iter()
+            .find(|leaf| leaf.id.to_string() == target)
+        {
+            // Retries always try the leaf: they are how a suspect leaf comes back.
+            let result =
+                match tokio::time::timeout(self.leaf_timeout, retry.op.apply(&leaf.shard)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ShardError::Timeout {
+                        shard: target.to_owned(),
+                        after: self.leaf_timeout,
+                    }),
+                };
+            if result.is_ok() {
+                leaf.health.succeeded();
+            }
+            return result;
+        }
+        if let Some((_, refusal)) = plan
+            .refused
+            .iter()
+            .find(|(leaf, _)| leaf.id.to_string() == target)
+        {
+            return Err(refusal.clone());
+        }
+        tracing::info!(
+            shard = target,
+            table_id = retry.table_id,
+            "retry target left the key's tree; writing the current tree"
+        );
+        drop(plan);
+        self.write(retry.table_id, retry.key, &retry.op)
+            .await
+            .map(drop)
+            .map_err(|e| ShardError::Unavailable {
+                shard: target.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,233 @@
+//! A Gizzard cluster for tests: a nameserver on its own MariaDB server (so killing a shard
+//! host never takes the job queue with it), shard hosts on others, and a proxy running the
+//! key-value application in this process.
+
+use std::{collections::HashMap, time::Duration};
+
+use gizzard::{
+    nameserver::{Change, Forwarding, Host, Link, MAX_HASH, ShardId, ShardInfo},
+    scheduler::WorkerSettings,
+    server::{Proxy, ProxySettings},
+    shards::ShardError,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    MariaDb,
+    kv::{self, KV_SHARD, KvRow, KvShard, KvWrite},
+};
+
+/// A running cluster; dropping it stops the proxy and every server.
+pub struct KvCluster {
+    pub nameserver_db: MariaDb,
+    pub hosts: Vec<MariaDb>,
+    pub proxy: Proxy<KvShard, KvWrite>,
+    pub nameserver_url: String,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for KvCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCluster")
+            .field("hosts", &self.hosts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Returns proxy settings for tests: short deadlines, fast polling and job workers.
+pub fn test_settings(nameserver_url: &str) -> ProxySettings {
+    ProxySettings {
+        db_timeout: Duration::from_secs(2),
+        leaf_timeout: Duration::from_millis(700),
+        poll_interval: Duration::from_millis(200),
+        workers: WorkerSettings {
+            count: 2,
+            lease: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+            error_pause: Duration::from_millis(200),
+            name: "it".into(),
+            ..WorkerSettings::default()
+        },
+        ..ProxySettings::new(nameserver_url)
+    }
+}
+
+impl KvCluster {
+    /// Starts a nameserver server and `hosts` shard servers (named `h0`, `h1`, ...) and a proxy.
+    pub async fn start(hosts: usize) -> Self {
+        let mut servers = MariaDb::start_many(hosts + 1)
+            .await
+            .expect("start mariadb servers");
+        let nameserver_db = servers.remove(0);
+        let nameserver_url = nameserver_db
+            .create_database("gizzard")
+            .await
+            .expect("create nameserver db");
+        for server in &servers {
+            server
+                .create_database("shards")
+                .await
+                .expect("create shard db");
+        }
+        let shutdown = CancellationToken::new();
+        let proxy = Proxy::start(
+            test_settings(&nameserver_url),
+            kv::registry(),
+            HashMap::new(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("start proxy");
+        Self {
+            nameserver_db,
+            hosts: servers,
+            proxy,
+            nameserver_url,
+            shutdown,
+        }
+    }
+
+    /// Returns the host name of server `i`.
+    pub fn host_name(i: usize) -> String {
+        format!("h{i}")
+    }
+
+    /// Returns the changes that create table `table_id` with `shards` forwardings, each a
+    /// Replicating node over one KV leaf on every host.
+    pub fn table_changes(&self, table_id: i32, shards: usize) -> Vec<Change> {
+        let mut changes: Vec<Change> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                Change::SetHost(Host {
+                    name: Self::host_name(i),
+                    url: server.url("shards"),
+                    read_weight: 1,
+                    write_weight: 1,
+                })
+            })
+            .collect();
+        let step = (MAX_HASH as u64 + 1) / shards as u64;
+        for s in 0..shards {
+            let prefix = format!("t{table_id}_{s:04}");
+            let root =
+                ShardId::new("localhost", format!("{prefix}_replicating")).expect("valid id");
+            changes.push(Change::CreateShard(ShardInfo {
+                id: root.clone(),
+                class_name: "ReplicatingShard".into(),
+                busy: false,
+            }));
+            for host in 0..self.hosts.len() {
+                let leaf = ShardId::new(Self::host_name(host), &prefix).expect("valid id");
+                changes.push(Change::CreateShard(ShardInfo {
+                    id: leaf.clone(),
+                    class_name: KV_SHARD.into(),
+                    busy: false,
+                }));
+                changes.push(Change::AddLink(Link {
+                    up: root.clone(),
+                    down: leaf,
+                    weight: 1,
+                }));
+            }
+            let base_id = (s as u64 * step) as i64;
+            changes.push(Change::SetForwarding(Forwarding {
+                table_id,
+                base_id,
+                shard_id: root,
+            }));
+        }
+        changes
+    }
+
+    /// Creates table `table_id` through the proxy's admin service (which creates the tables on
+    /// the hosts) and waits until the proxy routes with it.
+    pub async fn create_table(&self, table_id: i32, shards: usize) {
+        let changes = self.table_changes(table_id, shards);
+        self.apply(&changes).await;
+    }
+
+    /// Applies changes through the admin service, as gizzmo would.
+    pub async fn apply(&self, changes: &[Change]) -> u64 {
+        use proto::gizzard::v1::shard_manager_server::ShardManager;
+        let request = proto::gizzard::v1::ApplyRequest {
+            changes: changes
+                .iter()
+                .map(gizzard::manager::convert::change_to_pb)
+                .collect(),
+        };
+        let manager = self.proxy.manager();
+        manager
+            .apply(tonic::Request::new(request))
+            .await
+            .expect("apply changes")
+            .into_inner()
+            .version
+    }
+
+    /// Writes `value` (or a delete) for `key` at `version` to table 1.
+    pub async fn put(
+        &self,
+        key: u64,
+        version: u64,
+        value: Option<&str>,
+    ) -> Result<gizzard::shards::WriteOutcome, gizzard::shards::WriteError> {
+        let op = KvWrite {
+            key,
+            version,
+            value: value.map(str::to_owned),
+        };
+        self.proxy.writer.write(1, key, &op).await
+    }
+
+    /// Reads `key` of table 1 through its tree (with failover).
+    pub async fn get(&self, key: u64) -> Result<Option<KvRow>, ShardError> {
+        let tree = self
+            .proxy
+            .router
+            .tree(1, key)
+            .await
+            .map_err(|e| ShardError::NotReadable {
+                shard: e.to_string(),
+            })?;
+        tree.read(|leaf| leaf.shard.get(key)).await
+    }
+
+    /// Returns every row of every leaf on host `i`, by leaf.
+    pub async fn rows_on_host(&self, i: usize) -> Vec<(ShardId, Vec<KvRow>)> {
+        let topology = self.proxy.nameserver.load().await.expect("load topology");
+        let mut out = Vec::new();
+        for id in topology
+            .shards
+            .keys()
+            .filter(|id| id.hostname == Self::host_name(i))
+        {
+            let leaf = self.proxy.router.leaf(id).await.expect("leaf");
+            out.push((id.clone(), leaf.shard.rows().await.expect("read rows")));
+        }
+        out
+    }
+
+    /// Waits until the job queue holds no job, or panics after `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let depth = self.proxy.queue.depth().await.expect("queue depth");
+            if depth.values().all(|&n| n == 0) {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "queue did not drain within {limit:?}: {depth:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for KvCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

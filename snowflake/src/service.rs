@@ -112,6 +112,7 @@ pub struct SnowflakeService {
     worker: Arc<IdWorker>,
     max_batch: u32,
     agents: Arc<AgentCounters>,
+    latencies: Arc<Latencies>,
 }
 
 impl SnowflakeService {
@@ -121,6 +122,7 @@ impl SnowflakeService {
             worker,
             max_batch,
             agents: Arc::default(),
+            latencies: Arc::default(),
         }
     }
 
@@ -178,25 +180,41 @@ fn checked_agent(agent: &str) -> Result<&str, Status> {
         .map_err(Status::from)
 }
 
-/// Records a request's latency when dropped, so refused requests count too.
-struct Timer {
-    method: &'static str,
+/// Records a request's latency into `histogram` when dropped, so refused requests count too.
+struct Timer<'a> {
+    histogram: &'a metrics::Histogram,
     started: Instant,
 }
 
-impl Timer {
-    fn start(method: &'static str) -> Self {
+impl<'a> Timer<'a> {
+    fn start(histogram: &'a metrics::Histogram) -> Self {
         Self {
-            method,
+            histogram,
             started: Instant::now(),
         }
     }
 }
 
-impl Drop for Timer {
+impl Drop for Timer<'_> {
     fn drop(&mut self) {
-        metrics::histogram!("snowflake_request_duration_seconds", "method" => self.method)
-            .record(self.started.elapsed().as_secs_f64());
+        self.histogram.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The latency histograms of the id calls, looked up once.
+#[derive(Debug)]
+struct Latencies {
+    get_id: metrics::Histogram,
+    get_ids: metrics::Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let name = "snowflake_request_duration_seconds";
+        Self {
+            get_id: metrics::histogram!(name, "method" => "GetId"),
+            get_ids: metrics::histogram!(name, "method" => "GetIds"),
+        }
     }
 }
 
@@ -213,7 +231,7 @@ impl snowflake_server::Snowflake for SnowflakeService {
         &self,
         request: Request<GetIdRequest>,
     ) -> Result<Response<GetIdResponse>, Status> {
-        let _timer = Timer::start("GetId");
+        let _timer = Timer::start(&self.latencies.get_id);
         let agent = checked_agent(&request.get_ref().user_agent)?;
         let ids = self.issue(agent, 1).await?;
         Ok(Response::new(GetIdResponse { id: ids[0] }))
@@ -223,7 +241,7 @@ impl snowflake_server::Snowflake for SnowflakeService {
         &self,
         request: Request<GetIdsRequest>,
     ) -> Result<Response<GetIdsResponse>, Status> {
-        let _timer = Timer::start("GetIds");
+        let _timer = Timer::start(&self.latencies.get_ids);
         let request = request.get_ref();
         let agent = checked_agent(&request.user_agent)?;
         let ids = self.issue(agent, request.count).await?;

@@ -5,5 +5,6 @@ mod gizzard_cluster;
 mod gizzard_nameserver;
 mod gizzard_scheduler;
 mod gizzmo_cli;
+mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;

@@ -182,8 +182,14 @@ impl MariaDb {
         tail(&self.dir.path().join("error.log"), 4096)
     }
 
-    fn pid(&self) -> Option<i32> {
+    /// Returns the server's process id while it runs.
+    pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Returns the instance's directory (datadir, socket, error log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn signal_and_reap(&mut self, sig: i32) {

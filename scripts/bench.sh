@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the benchmarks whose figures the issues quote, on this machine:
+#   1. Snowflake unary GetId at concurrency 32 over loopback (ids/s, p50/p99/p999);
+#   2. Snowflake GetIds batches of 100,000 from one worker (ids/s);
+#   3. Gizzard routing lookups with 1, 1,000 and 100,000 forwardings (median ns).
+# The daemon runs with one async thread so the load generator keeps the other core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${DURATION:-10s}
+
+cargo build --release --locked -p snowflake
+bin=target/release/snowflake
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" serve --threads 1 --worker-id 1 --listen "127.0.0.1:$port" --no-metrics &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT
+for _ in $(seq 50); do "$bin" get --addr "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
+
+echo "== snowflake GetId, concurrency 32"
+"$bin" bench --addr "127.0.0.1:$port" --concurrency 32 --duration "$duration"
+echo
+echo "== snowflake GetIds, batches of 100000, concurrency 4"
+"$bin" bench --addr "127.0.0.1:$port" --concurrency 4 --duration "$duration" --batch 100000
+echo
+echo "== gizzard routing lookups"
+cargo bench --locked -p gizzard --bench routing

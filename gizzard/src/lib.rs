@@ -2,7 +2,8 @@
 //! each tree replicates over tables on several hosts; a durable job queue retries failed
 //! writes and runs copy, diff and repair jobs.
 //!
-//! - [`db`]: the nameserver database (MySQL or SQLite) with a deadline on every operation.
+//! - [`db`]: database handles (MySQL or SQLite) with a deadline on every operation, re-exported
+//!   from the `db` crate.
 //! - [`nameserver`]: the topology model (shards, links, forwardings, hosts), its stores, and
 //!   the immutable routing snapshot every server polls for.
 //! - [`scheduler`]: the durable job queue in the nameserver database, and its workers.
@@ -12,7 +13,7 @@
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 //! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
 
-pub mod db;
+pub use db;
 pub mod gizzmo;
 pub mod manager;
 pub mod nameserver;

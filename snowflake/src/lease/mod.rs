@@ -42,14 +42,11 @@ pub enum LeaseError {
     Timeout(Duration),
 }
 
-impl From<mysql_async::Error> for LeaseError {
-    fn from(err: mysql_async::Error) -> Self {
-        Self::Database(err.to_string())
-    }
-}
-
-impl From<rusqlite::Error> for LeaseError {
-    fn from(err: rusqlite::Error) -> Self {
-        Self::Database(err.to_string())
+impl From<db::DbError> for LeaseError {
+    fn from(err: db::DbError) -> Self {
+        match err {
+            db::DbError::Timeout(after) => Self::Timeout(after),
+            other => Self::Database(other.to_string()),
+        }
     }
 }

@@ -2,14 +2,10 @@
 //! transaction under a deadline, and expiry is always judged by the database's clock, so the
 //! daemons' clocks may disagree without two of them holding one pair.
 
-use std::{
-    future::Future,
-    path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::time::Duration;
 
-use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, TxOpts, prelude::*};
+use db::{Database, DbError};
+use mysql_async::{TxOpts, prelude::*};
 use rusqlite::TransactionBehavior;
 
 use super::LeaseError;
@@ -44,73 +40,29 @@ pub struct Pair {
 }
 
 /// The lease table on one of the supported databases.
-#[derive(Clone)]
-pub enum LeaseStore {
-    Mysql {
-        pool: mysql_async::Pool,
-        timeout: Duration,
-    },
-    Sqlite {
-        conn: Arc<Mutex<rusqlite::Connection>>,
-        timeout: Duration,
-    },
-}
-
-impl std::fmt::Debug for LeaseStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Mysql { .. } => f.write_str("LeaseStore::Mysql"),
-            Self::Sqlite { .. } => f.write_str("LeaseStore::Sqlite"),
-        }
-    }
+#[derive(Clone, Debug)]
+pub struct LeaseStore {
+    db: Database,
 }
 
 impl LeaseStore {
     /// Opens the table at `url`, creating it when missing; every later call is bounded by
     /// `timeout`.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, LeaseError> {
-        let bad_url = |reason: String| LeaseError::Url {
-            url: url.to_owned(),
-            reason,
-        };
-        let store = if url.starts_with("mysql://") {
-            let opts = Opts::from_url(url).map_err(|e| bad_url(e.to_string()))?;
-            let constraints = PoolConstraints::new(0, 4).expect("0 <= 4");
-            let opts = OptsBuilder::from_opts(opts)
-                // Count matched rows, so a renewal that changes nothing still counts as held.
-                .client_found_rows(true)
-                .prefer_socket(false)
-                .init(vec!["SET time_zone = '+00:00'"])
-                .pool_opts(PoolOpts::default().with_constraints(constraints));
-            Self::Mysql {
-                pool: mysql_async::Pool::new(opts),
-                timeout,
+        let db = Database::open_lazy(url, timeout)
+            .await
+            .map_err(|err| match err {
+                DbError::Url { url, reason } => LeaseError::Url { url, reason },
+                other => LeaseError::from(other),
+            })?;
+        match &db {
+            Database::Mysql { .. } => {
+                db.mysql(|mut conn| async move { conn.query_drop(MYSQL_SCHEMA).await })
+                    .await?
             }
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(bad_url("no file path after sqlite://".into()));
-            }
-            let path = PathBuf::from(path);
-            let conn = tokio::task::spawn_blocking(move || open_sqlite(&path, timeout))
-                .await
-                .map_err(|e| LeaseError::Database(e.to_string()))??;
-            Self::Sqlite {
-                conn: Arc::new(Mutex::new(conn)),
-                timeout,
-            }
-        } else {
-            return Err(bad_url(
-                "expected mysql://USER@HOST:PORT/DB or sqlite://PATH".into(),
-            ));
-        };
-        if let Self::Mysql { pool, timeout } = &store {
-            let pool = pool.clone();
-            deadline(*timeout, async move {
-                pool.get_conn().await?.query_drop(MYSQL_SCHEMA).await
-            })
-            .await?;
+            Database::Sqlite { .. } => db.sqlite(|conn| conn.execute_batch(SQLITE_SCHEMA)).await?,
         }
-        Ok(store)
+        Ok(Self { db })
     }
 
     /// Takes `pair` for `owner` when it is free, expired or already `owner`'s, and records
@@ -125,77 +77,78 @@ impl LeaseStore {
     ) -> Result<u64, LeaseError> {
         let ttl_ms = ttl.as_millis() as i64;
         let (dc, worker) = (pair.datacenter_id, pair.worker_id);
-        match self {
-            Self::Mysql { pool, timeout } => {
+        match &self.db {
+            Database::Mysql { .. } => {
                 let owner = owner.to_owned();
-                deadline(*timeout, async move {
-                    let mut conn = pool.get_conn().await?;
-                    conn.exec_drop(
-                        "INSERT IGNORE INTO snowflake_leases VALUES (?, ?, '', 0, 0)",
-                        (dc, worker),
-                    )
-                    .await?;
-                    let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                    let row: Option<(String, i64, i64)> = tx
-                        .exec_first(
-                            format!(
-                                "SELECT owner, expires_at_ms - {MYSQL_NOW_MS}, last_ms \
-                                 FROM snowflake_leases WHERE datacenter_id = ? AND worker_id = ? \
-                                 FOR UPDATE"
-                            ),
+                self.db
+                    .mysql(|mut conn| async move {
+                        conn.exec_drop(
+                            "INSERT IGNORE INTO snowflake_leases VALUES (?, ?, '', 0, 0)",
                             (dc, worker),
                         )
                         .await?;
-                    let (holder, remaining_ms, last_ms) = row.unwrap_or_default();
-                    if holder != owner && remaining_ms > 0 {
-                        tx.rollback().await?;
-                        return Ok(Err(conflict(pair, holder, remaining_ms)));
-                    }
-                    tx.exec_drop(
-                        format!(
-                            "UPDATE snowflake_leases SET owner = ?, \
+                        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                        let row: Option<(String, i64, i64)> = tx
+                            .exec_first(
+                                format!(
+                                    "SELECT owner, expires_at_ms - {MYSQL_NOW_MS}, last_ms \
+                                 FROM snowflake_leases WHERE datacenter_id = ? AND worker_id = ? \
+                                 FOR UPDATE"
+                                ),
+                                (dc, worker),
+                            )
+                            .await?;
+                        let (holder, remaining_ms, last_ms) = row.unwrap_or_default();
+                        if holder != owner && remaining_ms > 0 {
+                            tx.rollback().await?;
+                            return Ok(Err(conflict(pair, holder, remaining_ms)));
+                        }
+                        tx.exec_drop(
+                            format!(
+                                "UPDATE snowflake_leases SET owner = ?, \
                              expires_at_ms = {MYSQL_NOW_MS} + ?, last_ms = GREATEST(last_ms, ?) \
                              WHERE datacenter_id = ? AND worker_id = ?"
-                        ),
-                        (&owner, ttl_ms, reserve_ms, dc, worker),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(Ok(last_ms.max(0) as u64))
-                })
-                .await?
+                            ),
+                            (&owner, ttl_ms, reserve_ms, dc, worker),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        Ok(Ok(last_ms.max(0) as u64))
+                    })
+                    .await?
             }
-            Self::Sqlite { conn, timeout } => {
+            Database::Sqlite { .. } => {
                 let owner = owner.to_owned();
-                sqlite(conn, *timeout, move |conn| {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    tx.execute(
-                        "INSERT OR IGNORE INTO snowflake_leases VALUES (?1, ?2, '', 0, 0)",
-                        (dc, worker),
-                    )?;
-                    let (holder, remaining_ms, last_ms): (String, i64, i64) = tx.query_row(
-                        &format!(
-                            "SELECT owner, expires_at_ms - {SQLITE_NOW_MS}, last_ms \
+                self.db
+                    .sqlite(move |conn| {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        tx.execute(
+                            "INSERT OR IGNORE INTO snowflake_leases VALUES (?1, ?2, '', 0, 0)",
+                            (dc, worker),
+                        )?;
+                        let (holder, remaining_ms, last_ms): (String, i64, i64) = tx.query_row(
+                            &format!(
+                                "SELECT owner, expires_at_ms - {SQLITE_NOW_MS}, last_ms \
                              FROM snowflake_leases WHERE datacenter_id = ?1 AND worker_id = ?2"
-                        ),
-                        (dc, worker),
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                    )?;
-                    if holder != owner && remaining_ms > 0 {
-                        return Ok(Err(conflict(pair, holder, remaining_ms)));
-                    }
-                    tx.execute(
-                        &format!(
-                            "UPDATE snowflake_leases SET owner = ?1, \
+                            ),
+                            (dc, worker),
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                        )?;
+                        if holder != owner && remaining_ms > 0 {
+                            return Ok(Err(conflict(pair, holder, remaining_ms)));
+                        }
+                        tx.execute(
+                            &format!(
+                                "UPDATE snowflake_leases SET owner = ?1, \
                              expires_at_ms = {SQLITE_NOW_MS} + ?2, last_ms = MAX(last_ms, ?3) \
                              WHERE datacenter_id = ?4 AND worker_id = ?5"
-                        ),
-                        (&owner, ttl_ms, reserve_ms as i64, dc, worker),
-                    )?;
-                    tx.commit()?;
-                    Ok(Ok(last_ms.max(0) as u64))
-                })
-                .await?
+                            ),
+                            (&owner, ttl_ms, reserve_ms as i64, dc, worker),
+                        )?;
+                        tx.commit()?;
+                        Ok(Ok(last_ms.max(0) as u64))
+                    })
+                    .await?
             }
         }
     }
@@ -210,12 +163,12 @@ impl LeaseStore {
         reserve_ms: u64,
     ) -> Result<(), LeaseError> {
         let ttl_ms = ttl.as_millis() as i64;
-        let sql = match self {
-            Self::Mysql { .. } => format!(
+        let sql = match &self.db {
+            Database::Mysql { .. } => format!(
                 "UPDATE snowflake_leases SET expires_at_ms = {MYSQL_NOW_MS} + ?, \
                  last_ms = GREATEST(last_ms, ?) WHERE datacenter_id = ? AND worker_id = ? AND owner = ?"
             ),
-            Self::Sqlite { .. } => format!(
+            Database::Sqlite { .. } => format!(
                 "UPDATE snowflake_leases SET expires_at_ms = {SQLITE_NOW_MS} + ?1, \
                  last_ms = MAX(last_ms, ?2) WHERE datacenter_id = ?3 AND worker_id = ?4 AND owner = ?5"
             ),
@@ -239,12 +192,12 @@ impl LeaseStore {
     /// Gives `pair` up at once, recording `last_ms`, the time of the last id actually issued,
     /// so the next holder need not wait out the reservation.
     pub async fn release(&self, pair: Pair, owner: &str, last_ms: u64) -> Result<(), LeaseError> {
-        let sql = match self {
-            Self::Mysql { .. } => {
+        let sql = match &self.db {
+            Database::Mysql { .. } => {
                 "UPDATE snowflake_leases SET owner = '', expires_at_ms = 0, \
                  last_ms = ? WHERE datacenter_id = ? AND worker_id = ? AND owner = ?"
             }
-            Self::Sqlite { .. } => {
+            Database::Sqlite { .. } => {
                 "UPDATE snowflake_leases SET owner = '', expires_at_ms = 0, \
                  last_ms = ?1 WHERE datacenter_id = ?2 AND worker_id = ?3 AND owner = ?4"
             }
@@ -263,22 +216,22 @@ impl LeaseStore {
     where
         P: Into<mysql_async::Params> + rusqlite::Params + Send + 'static,
     {
-        match self {
-            Self::Mysql { pool, timeout } => {
-                deadline(*timeout, async move {
-                    let mut conn = pool.get_conn().await?;
-                    conn.exec_drop(sql, params).await?;
-                    Ok(conn.affected_rows())
-                })
-                .await
+        let matched = match &self.db {
+            Database::Mysql { .. } => {
+                self.db
+                    .mysql(|mut conn| async move {
+                        conn.exec_drop(sql, params).await?;
+                        Ok(conn.affected_rows())
+                    })
+                    .await?
             }
-            Self::Sqlite { conn, timeout } => {
-                sqlite(conn, *timeout, move |conn| {
-                    Ok(conn.execute(&sql, params)? as u64)
-                })
-                .await
+            Database::Sqlite { .. } => {
+                self.db
+                    .sqlite(move |conn| Ok(conn.execute(&sql, params)? as u64))
+                    .await?
             }
-        }
+        };
+        Ok(matched)
     }
 }
 
@@ -292,46 +245,5 @@ fn conflict(pair: Pair, owner: String, remaining_ms: i64) -> LeaseError {
         worker_id,
         owner,
         remaining_ms,
-    }
-}
-
-fn open_sqlite(
-    path: &std::path::Path,
-    timeout: Duration,
-) -> Result<rusqlite::Connection, LeaseError> {
-    let conn = rusqlite::Connection::open(path)
-        .map_err(|e| LeaseError::Database(format!("open {}: {e}", path.display())))?;
-    conn.busy_timeout(timeout)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute_batch(SQLITE_SCHEMA)?;
-    Ok(conn)
-}
-
-/// Runs a MySQL operation under the store's deadline.
-async fn deadline<T>(
-    timeout: Duration,
-    op: impl Future<Output = Result<T, mysql_async::Error>>,
-) -> Result<T, LeaseError> {
-    match tokio::time::timeout(timeout, op).await {
-        Ok(result) => result.map_err(LeaseError::from),
-        Err(_) => Err(LeaseError::Timeout(timeout)),
-    }
-}
-
-/// Runs a SQLite operation on a blocking thread under the store's deadline.
-async fn sqlite<T: Send + 'static>(
-    conn: &Arc<Mutex<rusqlite::Connection>>,
-    timeout: Duration,
-    op: impl FnOnce(&mut rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
-) -> Result<T, LeaseError> {
-    let conn = conn.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-        op(&mut conn)
-    });
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(result)) => result.map_err(LeaseError::from),
-        Ok(Err(join)) => Err(LeaseError::Database(join.to_string())),
-        Err(_) => Err(LeaseError::Timeout(timeout)),
     }
 }

@@ -1,5 +1,6 @@
-//! The nameserver database: MySQL (`mysql://USER@HOST:PORT/DB`) in production, SQLite
-//! (`sqlite://PATH`) embedded. The nameserver store and the job queue both live in it.
+//! Database handles for every crate that keeps state in MySQL (`mysql://USER@HOST:PORT/DB`,
+//! production) or SQLite (`sqlite://PATH`, embedded): Snowflake's lease table, Gizzard's
+//! nameserver and job queue, and the shards' own tables.
 //!
 //! Every operation runs under the database's deadline: mysql_async has no connect timeout of
 //! its own, and a paused server would otherwise hang a caller forever. SQLite work runs on a

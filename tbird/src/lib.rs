@@ -2,5 +2,7 @@
 //! on replicated MySQL shards, with ids from Snowflake.
 //!
 //! - [`tweet`]: the tweet and the rules its fields obey.
+//! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
 
+pub mod store;
 pub mod tweet;

@@ -8,3 +8,4 @@ mod gizzmo_cli;
 mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
+mod tbird_store;

@@ -1,0 +1,567 @@
+//! Tweet storage on Gizzard's physical shards: table 1 holds tweets by id, table 2 each
+//! user's tweet ids by user id (for timelines). Both live in MySQL or SQLite tables named after
+//! the shard's table prefix, and every row keeps its routing key's hash, so a hash range is a
+//! range scan for splits.
+//!
+//! Writes commute and repeat safely. A tweet's content never changes once stored; a delete is
+//! a tombstone that wins whenever it arrives: before the tweet (the tweet then fills in the
+//! content but stays deleted), after it, or twice.
+
+use std::ops::{Range, RangeInclusive};
+
+use db::{Database, DbError};
+use gizzard::{
+    nameserver::{ShardId, ShardInfo, hash},
+    shards::{Checksum, PhysicalShard, Registry, ShardError, WriteOp},
+};
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+
+use crate::tweet::Tweet;
+
+/// The forwarding table of tweets by id.
+pub const TWEETS_TABLE: i32 = 1;
+/// The forwarding table of each user's tweet ids.
+pub const TIMELINES_TABLE: i32 = 2;
+/// The class name of tweet shards.
+pub const TWEET_SHARD: &str = "TweetShard";
+/// The class name of timeline shards.
+pub const TIMELINE_SHARD: &str = "TimelineShard";
+
+/// What a shard holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tweets,
+    Timelines,
+}
+
+/// One tweet or timeline table on one host.
+#[derive(Debug)]
+pub struct TbirdShard {
+    id: ShardId,
+    kind: Kind,
+    table: String,
+    db: Database,
+}
+
+/// A stored row of either table, tombstones included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Row {
+    Tweet(Tweet),
+    Timeline {
+        user_id: u64,
+        tweet_id: u64,
+        deleted: bool,
+    },
+}
+
+/// A write to T-Bird's tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TbirdWrite {
+    /// Stores a tweet (table 1, by tweet id).
+    PutTweet(Tweet),
+    /// Tombstones a tweet (table 1, by tweet id).
+    DeleteTweet { id: u64 },
+    /// Adds a tweet to its author's timeline (table 2, by user id).
+    AddToTimeline { user_id: u64, tweet_id: u64 },
+    /// Tombstones a tweet in its author's timeline (table 2, by user id).
+    RemoveFromTimeline { user_id: u64, tweet_id: u64 },
+}
+
+/// Returns the registry of T-Bird's shard types.
+pub fn registry() -> Registry<TbirdShard> {
+    Registry::default()
+        .register(TWEET_SHARD, |info: &ShardInfo, db| {
+            Ok(TbirdShard::new(info, Kind::Tweets, db))
+        })
+        .register(TIMELINE_SHARD, |info: &ShardInfo, db| {
+            Ok(TbirdShard::new(info, Kind::Timelines, db))
+        })
+}
+
+impl TbirdShard {
+    /// Returns the shard for `info`; its table is `<prefix>_tweets` or `<prefix>_timeline`.
+    pub fn new(info: &ShardInfo, kind: Kind, db: Database) -> Self {
+        let suffix = match kind {
+            Kind::Tweets => "tweets",
+            Kind::Timelines => "timeline",
+        };
+        // The prefix is a validated SQL identifier, so it can be spliced into statements.
+        let table = format!("{}_{suffix}", info.id.table_prefix);
+        Self {
+            id: info.id.clone(),
+            kind,
+            table,
+            db,
+        }
+    }
+
+    fn err(&self, err: DbError) -> ShardError {
+        ShardError::from_db(&self.id, err)
+    }
+
+    fn wrong_kind(&self, what: &str) -> ShardError {
+        ShardError::Query {
+            shard: self.id.to_string(),
+            message: format!("{what} sent to a {:?} shard", self.kind),
+        }
+    }
+
+    /// Returns the tweets with these ids that exist, tombstones included, in id order.
+    pub async fn get_tweets(&self, ids: &[u64]) -> Result<Vec<Tweet>, ShardError> {
+        if self.kind != Kind::Tweets {
+            return Err(self.wrong_kind("a tweet read"));
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; ids.len()].join(", ");
+        let filter = format!("id IN ({marks})");
+        let params = ids.iter().map(|&id| id as i64).collect();
+        Ok(self
+            .select(&filter, params, None)
+            .await?
+            .into_iter()
+            .filter_map(Row::into_tweet)
+            .collect())
+    }
+
+    /// Returns up to `limit` live tweet ids of `user_id`, newest first, at most `max_id`.
+    pub async fn timeline(
+        &self,
+        user_id: u64,
+        max_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, ShardError> {
+        if self.kind != Kind::Timelines {
+            return Err(self.wrong_kind("a timeline read"));
+        }
+        let max_id = max_id.map_or(i64::MAX, |id| id as i64);
+        let sql = format!(
+            "SELECT tweet_id FROM {} WHERE user_id = ? AND tweet_id <= ? AND deleted = 0 \
+             ORDER BY tweet_id DESC LIMIT {limit}",
+            self.table
+        );
+        let params = vec![user_id as i64, max_id];
+        let ids: Vec<i64> = match &self.db {
+            Database::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> = params.into_iter().map(Into::into).collect();
+                self.db
+                    .mysql(|mut c| async move { c.exec(sql, params).await })
+                    .await
+            }
+            Database::Sqlite { .. } => {
+                self.db
+                    .sqlite(move |c| {
+                        let mut stmt = c.prepare_cached(&sql)?;
+                        let rows = stmt
+                            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?;
+                        rows.collect()
+                    })
+                    .await
+            }
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(ids.into_iter().map(|id| id as u64).collect())
+    }
+
+    fn columns(&self) -> &'static str {
+        match self.kind {
+            Kind::Tweets => "id, user_id, text, in_reply_to, deleted",
+            Kind::Timelines => "user_id, tweet_id, deleted",
+        }
+    }
+
+    fn order(&self) -> &'static str {
+        match self.kind {
+            Kind::Tweets => "id",
+            Kind::Timelines => "user_id, tweet_id",
+        }
+    }
+
+    /// Selects rows matching `filter` (with `?` placeholders for `params`) in cursor order.
+    async fn select(
+        &self,
+        filter: &str,
+        params: Vec<i64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>, ShardError> {
+        let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {filter} ORDER BY {}{limit}",
+            self.columns(),
+            self.table,
+            self.order()
+        );
+        let kind = self.kind;
+        let rows = match &self.db {
+            Database::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> = params.into_iter().map(Into::into).collect();
+                let rows: Vec<mysql_async::Row> = self
+                    .db
+                    .mysql(|mut c| async move { c.exec(sql, params).await })
+                    .await
+                    .map_err(|e| self.err(e))?;
+                rows.into_iter()
+                    .map(|row| mysql_row(kind, row))
+                    .collect::<Option<Vec<_>>>()
+            }
+            Database::Sqlite { .. } => Some(
+                self.db
+                    .sqlite(move |c| {
+                        let mut stmt = c.prepare_cached(&sql)?;
+                        let rows = stmt
+                            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                                sqlite_row(kind, r)
+                            })?;
+                        rows.collect()
+                    })
+                    .await
+                    .map_err(|e| self.err(e))?,
+            ),
+        };
+        rows.ok_or_else(|| ShardError::Query {
+            shard: self.id.to_string(),
+            message: "unreadable row".into(),
+        })
+    }
+
+    /// Merges rows in one statement, as writes do.
+    async fn merge(&self, rows: &[Row]) -> Result<(), ShardError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mysql = matches!(self.db, Database::Mysql { .. });
+        let table = &self.table;
+        let (sql, params) = match self.kind {
+            Kind::Tweets => {
+                let values = vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+                let update = if mysql {
+                    // Content is immutable: keep what is there, fill it in behind a tombstone.
+                    "ON DUPLICATE KEY UPDATE text = IF(user_id = 0, VALUES(text), text), \
+                     in_reply_to = IF(user_id = 0, VALUES(in_reply_to), in_reply_to), \
+                     deleted = GREATEST(deleted, VALUES(deleted)), \
+                     user_id = IF(user_id = 0, VALUES(user_id), user_id)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "ON CONFLICT(id) DO UPDATE SET \
+                         text = CASE WHEN {table}.user_id = 0 THEN excluded.text ELSE {table}.text END, \
+                         in_reply_to = CASE WHEN {table}.user_id = 0 THEN excluded.in_reply_to \
+                         ELSE {table}.in_reply_to END, \
+                         deleted = MAX({table}.deleted, excluded.deleted), \
+                         user_id = CASE WHEN {table}.user_id = 0 THEN excluded.user_id ELSE {table}.user_id END"
+                    )
+                };
+                let sql = format!(
+                    "INSERT INTO {table} (id, hash, user_id, text, in_reply_to, deleted) VALUES {values} {update}"
+                );
+                let mut params = Vec::with_capacity(rows.len() * 6);
+                for row in rows {
+                    let Row::Tweet(t) = row else {
+                        return Err(self.wrong_kind("a timeline row"));
+                    };
+                    params.extend([
+                        Value::Int(t.id as i64),
+                        Value::Int(hash(t.id)),
+                        Value::Int(t.user_id as i64),
+                        Value::Text(t.text.clone()),
+                        t.in_reply_to
+                            .map_or(Value::Null, |id| Value::Int(id as i64)),
+                        Value::Int(i64::from(t.deleted)),
+                    ]);
+                }
+                (sql, params)
+            }
+            Kind::Timelines => {
+                let values = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");
+                let update = if mysql {
+                    "ON DUPLICATE KEY UPDATE deleted = GREATEST(deleted, VALUES(deleted))"
+                        .to_owned()
+                } else {
+                    format!(
+                        "ON CONFLICT(user_id, tweet_id) DO UPDATE SET deleted = MAX({table}.deleted, excluded.deleted)"
+                    )
+                };
+                let sql = format!(
+                    "INSERT INTO {table} (user_id, tweet_id, hash, deleted) VALUES {values} {update}"
+                );
+                let mut params = Vec::with_capacity(rows.len() * 4);
+                for row in rows {
+                    let Row::Timeline {
+                        user_id,
+                        tweet_id,
+                        deleted,
+                    } = row
+                    else {
+                        return Err(self.wrong_kind("a tweet row"));
+                    };
+                    params.extend([
+                        Value::Int(*user_id as i64),
+                        Value::Int(*tweet_id as i64),
+                        Value::Int(hash(*user_id)),
+                        Value::Int(i64::from(*deleted)),
+                    ]);
+                }
+                (sql, params)
+            }
+        };
+        self.execute(sql, params).await.map(drop)
+    }
+
+    async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, ShardError> {
+        match &self.db {
+            Database::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> =
+                    params.into_iter().map(Value::into_mysql).collect();
+                self.db
+                    .mysql(|mut c| async move {
+                        c.exec_drop(sql, params).await?;
+                        Ok(c.affected_rows())
+                    })
+                    .await
+            }
+            Database::Sqlite { .. } => {
+                self.db
+                    .sqlite(move |c| {
+                        let params = params.into_iter().map(Value::into_sqlite);
+                        Ok(c.prepare_cached(&sql)?
+                            .execute(rusqlite::params_from_iter(params))?
+                            as u64)
+                    })
+                    .await
+            }
+        }
+        .map_err(|e| self.err(e))
+    }
+}
+
+impl Row {
+    fn into_tweet(self) -> Option<Tweet> {
+        match self {
+            Row::Tweet(tweet) => Some(tweet),
+            Row::Timeline { .. } => None,
+        }
+    }
+
+    /// Returns a CRC32 of the row, for order-independent checksums.
+    fn crc(&self) -> u64 {
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        u64::from(crc32fast::hash(&text))
+    }
+}
+
+fn mysql_row(kind: Kind, row: mysql_async::Row) -> Option<Row> {
+    match kind {
+        Kind::Tweets => {
+            let (id, user_id, text, in_reply_to, deleted): (i64, i64, String, Option<i64>, bool) =
+                mysql_async::from_row_opt(row).ok()?;
+            Some(Row::Tweet(Tweet {
+                id: id as u64,
+                user_id: user_id as u64,
+                text,
+                in_reply_to: in_reply_to.map(|id| id as u64),
+                deleted,
+            }))
+        }
+        Kind::Timelines => {
+            let (user_id, tweet_id, deleted): (i64, i64, bool) =
+                mysql_async::from_row_opt(row).ok()?;
+            Some(Row::Timeline {
+                user_id: user_id as u64,
+                tweet_id: tweet_id as u64,
+                deleted,
+            })
+        }
+    }
+}
+
+fn sqlite_row(kind: Kind, r: &rusqlite::Row<'_>) -> Result<Row, rusqlite::Error> {
+    Ok(match kind {
+        Kind::Tweets => Row::Tweet(Tweet {
+            id: r.get::<_, i64>(0)? as u64,
+            user_id: r.get::<_, i64>(1)? as u64,
+            text: r.get(2)?,
+            in_reply_to: r.get::<_, Option<i64>>(3)?.map(|id| id as u64),
+            deleted: r.get(4)?,
+        }),
+        Kind::Timelines => Row::Timeline {
+            user_id: r.get::<_, i64>(0)? as u64,
+            tweet_id: r.get::<_, i64>(1)? as u64,
+            deleted: r.get(2)?,
+        },
+    })
+}
+
+/// A statement parameter for either backend.
+enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Value {
+    fn into_mysql(self) -> mysql_async::Value {
+        match self {
+            Self::Null => mysql_async::Value::NULL,
+            Self::Int(v) => v.into(),
+            Self::Text(v) => v.into(),
+        }
+    }
+
+    fn into_sqlite(self) -> rusqlite::types::Value {
+        match self {
+            Self::Null => rusqlite::types::Value::Null,
+            Self::Int(v) => v.into(),
+            Self::Text(v) => v.into(),
+        }
+    }
+}
+
+impl PhysicalShard for TbirdShard {
+    type Row = Row;
+    type Cursor = (u64, u64);
+
+    async fn materialize(&self) -> Result<(), ShardError> {
+        let table = &self.table;
+        let mysql = matches!(self.db, Database::Mysql { .. });
+        let sql = match (self.kind, mysql) {
+            (Kind::Tweets, true) => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id BIGINT NOT NULL PRIMARY KEY, \
+                 hash BIGINT NOT NULL, user_id BIGINT NOT NULL, \
+                 text VARCHAR(280) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 in_reply_to BIGINT NULL, deleted BOOLEAN NOT NULL, KEY {table}_hash (hash)) \
+                 ENGINE=InnoDB"
+            ),
+            (Kind::Timelines, true) => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (user_id BIGINT NOT NULL, \
+                 tweet_id BIGINT NOT NULL, hash BIGINT NOT NULL, deleted BOOLEAN NOT NULL, \
+                 PRIMARY KEY (user_id, tweet_id), KEY {table}_hash (hash)) ENGINE=InnoDB"
+            ),
+            (Kind::Tweets, false) => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id INTEGER NOT NULL PRIMARY KEY, \
+                 hash INTEGER NOT NULL, user_id INTEGER NOT NULL, text TEXT NOT NULL, \
+                 in_reply_to INTEGER, deleted INTEGER NOT NULL); \
+                 CREATE INDEX IF NOT EXISTS {table}_hash ON {table} (hash)"
+            ),
+            (Kind::Timelines, false) => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (user_id INTEGER NOT NULL, \
+                 tweet_id INTEGER NOT NULL, hash INTEGER NOT NULL, deleted INTEGER NOT NULL, \
+                 PRIMARY KEY (user_id, tweet_id)); \
+                 CREATE INDEX IF NOT EXISTS {table}_hash ON {table} (hash)"
+            ),
+        };
+        match &self.db {
+            Database::Mysql { .. } => {
+                self.db
+                    .mysql(|mut c| async move { c.query_drop(sql).await })
+                    .await
+            }
+            Database::Sqlite { .. } => self.db.sqlite(move |c| c.execute_batch(&sql)).await,
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    fn key_of(row: &Row) -> u64 {
+        match row {
+            Row::Tweet(tweet) => tweet.id,
+            Row::Timeline { user_id, .. } => *user_id,
+        }
+    }
+
+    fn cursor_of(row: &Row) -> (u64, u64) {
+        match row {
+            Row::Tweet(tweet) => (tweet.id, 0),
+            Row::Timeline {
+                user_id, tweet_id, ..
+            } => (*user_id, *tweet_id),
+        }
+    }
+
+    async fn read_page(
+        &self,
+        after: Option<(u64, u64)>,
+        limit: usize,
+        hashes: Option<Range<i64>>,
+    ) -> Result<Vec<Row>, ShardError> {
+        let (key, sub) = after.map_or((-1, -1), |(k, s)| (k as i64, s as i64));
+        let (mut filter, mut params) = match self.kind {
+            Kind::Tweets => ("id > ?".to_owned(), vec![key]),
+            Kind::Timelines => (
+                "(user_id > ? OR (user_id = ? AND tweet_id > ?))".to_owned(),
+                vec![key, key, sub],
+            ),
+        };
+        if let Some(range) = hashes {
+            filter.push_str(" AND hash >= ? AND hash < ?");
+            params.extend([range.start, range.end]);
+        }
+        self.select(&filter, params, Some(limit)).await
+    }
+
+    async fn write_rows(&self, rows: &[Row]) -> Result<(), ShardError> {
+        for chunk in rows.chunks(500) {
+            self.merge(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn checksum(
+        &self,
+        keys: RangeInclusive<u64>,
+        hashes: Option<Range<i64>>,
+    ) -> Result<Checksum, ShardError> {
+        let key = match self.kind {
+            Kind::Tweets => "id",
+            Kind::Timelines => "user_id",
+        };
+        let mut filter = format!("{key} >= ? AND {key} <= ?");
+        let mut params = vec![*keys.start() as i64, *keys.end() as i64];
+        if let Some(range) = hashes {
+            filter.push_str(" AND hash >= ? AND hash < ?");
+            params.extend([range.start, range.end]);
+        }
+        let rows = self.select(&filter, params, None).await?;
+        let digest = rows
+            .iter()
+            .fold(0u64, |sum, row| sum.wrapping_add(row.crc()));
+        Ok(Checksum {
+            rows: rows.len() as u64,
+            digest,
+        })
+    }
+
+    async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {
+        let sql = format!("DELETE FROM {} WHERE hash >= ? AND hash < ?", self.table);
+        self.execute(sql, vec![Value::Int(hashes.start), Value::Int(hashes.end)])
+            .await
+    }
+}
+
+impl WriteOp<TbirdShard> for TbirdWrite {
+    const JOB_TYPE: &'static str = "tbird.write";
+
+    async fn apply(&self, shard: &TbirdShard) -> Result<(), ShardError> {
+        let row = match self {
+            TbirdWrite::PutTweet(tweet) => Row::Tweet(tweet.clone()),
+            TbirdWrite::DeleteTweet { id } => Row::Tweet(Tweet {
+                id: *id,
+                user_id: 0,
+                text: String::new(),
+                in_reply_to: None,
+                deleted: true,
+            }),
+            TbirdWrite::AddToTimeline { user_id, tweet_id } => Row::Timeline {
+                user_id: *user_id,
+                tweet_id: *tweet_id,
+                deleted: false,
+            },
+            TbirdWrite::RemoveFromTimeline { user_id, tweet_id } => Row::Timeline {
+                user_id: *user_id,
+                tweet_id: *tweet_id,
+                deleted: true,
+            },
+        };
+        shard.merge(std::slice::from_ref(&row)).await
+    }
+}

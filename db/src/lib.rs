@@ -166,3 +166,98 @@ fn open_sqlite(path: &std::path::Path, timeout: Duration) -> Result<rusqlite::Co
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
+
+/// A statement parameter for either backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Param {
+    /// Returns the parameter as MySQL sends it.
+    pub fn into_mysql(self) -> mysql_async::Value {
+        match self {
+            Self::Null => mysql_async::Value::NULL,
+            Self::Int(v) => mysql_async::Value::Int(v),
+            Self::Text(v) => mysql_async::Value::Bytes(v.into_bytes()),
+        }
+    }
+
+    /// Returns the parameter as SQLite binds it.
+    pub fn into_sqlite(self) -> rusqlite::types::Value {
+        match self {
+            Self::Null => rusqlite::types::Value::Null,
+            Self::Int(v) => rusqlite::types::Value::Integer(v),
+            Self::Text(v) => rusqlite::types::Value::Text(v),
+        }
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Self::Text(v.to_owned())
+    }
+}
+
+impl From<&String> for Param {
+    fn from(v: &String) -> Self {
+        Self::Text(v.clone())
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Self::Null, Self::Int)
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Null => Ok(rusqlite::types::ToSqlOutput::from(rusqlite::types::Null)),
+            Self::Int(v) => v.to_sql(),
+            Self::Text(v) => v.to_sql(),
+        }
+    }
+}
+
+impl Database {
+    /// Runs one statement with `?` placeholders (both backends accept them) and returns the
+    /// rows it matched.
+    pub async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, DbError> {
+        match self {
+            Self::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> =
+                    params.into_iter().map(Param::into_mysql).collect();
+                self.mysql(|mut conn| async move {
+                    conn.exec_drop(sql, params).await?;
+                    Ok(conn.affected_rows())
+                })
+                .await
+            }
+            Self::Sqlite { .. } => {
+                self.sqlite(move |conn| {
+                    let changed = conn
+                        .prepare_cached(&sql)?
+                        .execute(rusqlite::params_from_iter(params))?;
+                    Ok(changed as u64)
+                })
+                .await
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::ops::{Range, RangeInclusive};
 
-use db::{Database, DbError};
+use db::{Database, DbError, Param};
 use gizzard::{
     nameserver::{ShardId, ShardInfo, hash},
     shards::{Checksum, PhysicalShard, Registry, ShardError, WriteOp},
@@ -262,13 +262,13 @@ impl TbirdShard {
                         return Err(self.wrong_kind("a timeline row"));
                     };
                     params.extend([
-                        Value::Int(t.id as i64),
-                        Value::Int(hash(t.id)),
-                        Value::Int(t.user_id as i64),
-                        Value::Text(t.text.clone()),
+                        Param::Int(t.id as i64),
+                        Param::Int(hash(t.id)),
+                        Param::Int(t.user_id as i64),
+                        Param::Text(t.text.clone()),
                         t.in_reply_to
-                            .map_or(Value::Null, |id| Value::Int(id as i64)),
-                        Value::Int(i64::from(t.deleted)),
+                            .map_or(Param::Null, |id| Param::Int(id as i64)),
+                        Param::Int(i64::from(t.deleted)),
                     ]);
                 }
                 (sql, params)
@@ -297,10 +297,10 @@ impl TbirdShard {
                         return Err(self.wrong_kind("a tweet row"));
                     };
                     params.extend([
-                        Value::Int(*user_id as i64),
-                        Value::Int(*tweet_id as i64),
-                        Value::Int(hash(*user_id)),
-                        Value::Int(i64::from(*deleted)),
+                        Param::Int(*user_id as i64),
+                        Param::Int(*tweet_id as i64),
+                        Param::Int(hash(*user_id)),
+                        Param::Int(i64::from(*deleted)),
                     ]);
                 }
                 (sql, params)
@@ -309,30 +309,8 @@ impl TbirdShard {
         self.execute(sql, params).await.map(drop)
     }
 
-    async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, ShardError> {
-        match &self.db {
-            Database::Mysql { .. } => {
-                let params: Vec<mysql_async::Value> =
-                    params.into_iter().map(Value::into_mysql).collect();
-                self.db
-                    .mysql(|mut c| async move {
-                        c.exec_drop(sql, params).await?;
-                        Ok(c.affected_rows())
-                    })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |c| {
-                        let params = params.into_iter().map(Value::into_sqlite);
-                        Ok(c.prepare_cached(&sql)?
-                            .execute(rusqlite::params_from_iter(params))?
-                            as u64)
-                    })
-                    .await
-            }
-        }
-        .map_err(|e| self.err(e))
+    async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, ShardError> {
+        self.db.execute(sql, params).await.map_err(|e| self.err(e))
     }
 }
 
@@ -391,31 +369,6 @@ fn sqlite_row(kind: Kind, r: &rusqlite::Row<'_>) -> Result<Row, rusqlite::Error>
             deleted: r.get(2)?,
         },
     })
-}
-
-/// A statement parameter for either backend.
-enum Value {
-    Null,
-    Int(i64),
-    Text(String),
-}
-
-impl Value {
-    fn into_mysql(self) -> mysql_async::Value {
-        match self {
-            Self::Null => mysql_async::Value::NULL,
-            Self::Int(v) => v.into(),
-            Self::Text(v) => v.into(),
-        }
-    }
-
-    fn into_sqlite(self) -> rusqlite::types::Value {
-        match self {
-            Self::Null => rusqlite::types::Value::Null,
-            Self::Int(v) => v.into(),
-            Self::Text(v) => v.into(),
-        }
-    }
 }
 
 impl PhysicalShard for TbirdShard {
@@ -533,7 +486,7 @@ impl PhysicalShard for TbirdShard {
 
     async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {
         let sql = format!("DELETE FROM {} WHERE hash >= ? AND hash < ?", self.table);
-        self.execute(sql, vec![Value::Int(hashes.start), Value::Int(hashes.end)])
+        self.execute(sql, vec![Param::Int(hashes.start), Param::Int(hashes.end)])
             .await
     }
 }

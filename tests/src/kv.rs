@@ -5,7 +5,7 @@
 use std::ops::{Range, RangeInclusive};
 
 use gizzard::{
-    db::{Database, DbError},
+    db::{Database, DbError, Param},
     nameserver::{ShardId, ShardInfo, hash},
     shards::{Checksum, PhysicalShard, Registry, ShardError, WriteOp},
 };
@@ -132,30 +132,8 @@ impl KvShard {
         Ok(rows.into_iter().map(to_row).collect())
     }
 
-    async fn execute(&self, sql: String, params: Vec<SqlValue>) -> Result<u64, ShardError> {
-        match &self.db {
-            Database::Mysql { .. } => {
-                let params: Vec<mysql_async::Value> =
-                    params.into_iter().map(SqlValue::into_mysql).collect();
-                self.db
-                    .mysql(|mut c| async move {
-                        c.exec_drop(sql, params).await?;
-                        Ok(c.affected_rows())
-                    })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |c| {
-                        let params = params.into_iter().map(SqlValue::into_sqlite);
-                        Ok(c.prepare_cached(&sql)?
-                            .execute(rusqlite::params_from_iter(params))?
-                            as u64)
-                    })
-                    .await
-            }
-        }
-        .map_err(|e| self.err(e))
+    async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, ShardError> {
+        self.db.execute(sql, params).await.map_err(|e| self.err(e))
     }
 
     /// Merges rows in one statement: the higher version wins, a tombstone wins a tie.
@@ -188,35 +166,13 @@ impl KvShard {
         };
         let mut params = Vec::with_capacity(rows.len() * 5);
         for row in rows {
-            params.push(SqlValue::Int(row.key as i64));
-            params.push(SqlValue::Int(hash(row.key)));
-            params.push(SqlValue::Int(row.version as i64));
-            params.push(SqlValue::Text(row.value.clone()));
-            params.push(SqlValue::Int(i64::from(row.deleted)));
+            params.push(Param::Int(row.key as i64));
+            params.push(Param::Int(hash(row.key)));
+            params.push(Param::Int(row.version as i64));
+            params.push(Param::Text(row.value.clone()));
+            params.push(Param::Int(i64::from(row.deleted)));
         }
         self.execute(sql, params).await.map(drop)
-    }
-}
-
-/// A statement parameter for either backend.
-enum SqlValue {
-    Int(i64),
-    Text(String),
-}
-
-impl SqlValue {
-    fn into_mysql(self) -> mysql_async::Value {
-        match self {
-            Self::Int(v) => v.into(),
-            Self::Text(v) => v.into(),
-        }
-    }
-
-    fn into_sqlite(self) -> rusqlite::types::Value {
-        match self {
-            Self::Int(v) => v.into(),
-            Self::Text(v) => v.into(),
-        }
     }
 }
 
@@ -321,11 +277,8 @@ impl PhysicalShard for KvShard {
 
     async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {
         let sql = format!("DELETE FROM {} WHERE hash >= ? AND hash < ?", self.table);
-        self.execute(
-            sql,
-            vec![SqlValue::Int(hashes.start), SqlValue::Int(hashes.end)],
-        )
-        .await
+        self.execute(sql, vec![Param::Int(hashes.start), Param::Int(hashes.end)])
+            .await
     }
 }
 

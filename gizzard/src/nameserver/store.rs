@@ -18,7 +18,7 @@ use super::{
     model::{Change, Host, ShardId, ShardInfo, ShardTypes, Topology, TopologyError},
     validate::validate,
 };
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, Param};
 
 const MYSQL_SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS gizzard_shards (
@@ -498,14 +498,14 @@ impl Before {
             }
             writes
         }
-        let id = |id: &ShardId| [Param::text(&id.hostname), Param::text(&id.table_prefix)];
+        let id = |id: &ShardId| [Param::from(&id.hostname), Param::from(&id.table_prefix)];
         let shards = diff(
             self.shards,
             |k| after.shards.get(k).cloned(),
             |k, info| {
                 let mut row = id(k).to_vec();
                 row.extend([
-                    Param::text(&info.class_name),
+                    Param::from(&info.class_name),
                     Param::Int(i64::from(info.busy)),
                 ]);
                 row
@@ -540,13 +540,13 @@ impl Before {
             |k| after.hosts.get(k).cloned(),
             |_, host| {
                 vec![
-                    Param::text(&host.name),
-                    Param::text(&host.url),
+                    Param::from(&host.name),
+                    Param::from(&host.url),
                     Param::Int(i64::from(host.read_weight)),
                     Param::Int(i64::from(host.write_weight)),
                 ]
             },
-            |name| vec![Param::text(name)],
+            |name| vec![Param::from(name)],
         );
         Writes {
             shards,
@@ -554,33 +554,6 @@ impl Before {
             forwardings,
             hosts,
             version: 0,
-        }
-    }
-}
-
-/// One SQL parameter, converted to either backend's value type.
-#[derive(Clone, Debug)]
-enum Param {
-    Int(i64),
-    Text(String),
-}
-
-impl Param {
-    fn text(s: &str) -> Self {
-        Self::Text(s.to_owned())
-    }
-
-    fn into_mysql(self) -> mysql_async::Value {
-        match self {
-            Self::Int(i) => mysql_async::Value::Int(i),
-            Self::Text(s) => mysql_async::Value::Bytes(s.into_bytes()),
-        }
-    }
-
-    fn into_sqlite(self) -> rusqlite::types::Value {
-        match self {
-            Self::Int(i) => rusqlite::types::Value::Integer(i),
-            Self::Text(s) => rusqlite::types::Value::Text(s),
         }
     }
 }
@@ -750,8 +723,8 @@ mod tests {
             vec![
                 Param::Int(1),
                 Param::Int(2),
-                Param::text("h"),
-                Param::text("t")
+                Param::from("h"),
+                Param::from("t")
             ];
             3
         ];
@@ -763,14 +736,14 @@ mod tests {
              SET hostname = excluded.hostname, table_prefix = excluded.table_prefix"
         );
         assert_eq!(s.params.len(), 12);
-        let m = upsert(&HOSTS, &[vec![Param::text("h"); 4]], Backend::Mysql);
+        let m = upsert(&HOSTS, &[vec![Param::from("h"); 4]], Backend::Mysql);
         assert!(m.sql.ends_with(
             "ON DUPLICATE KEY UPDATE url = VALUES(url), \
             read_weight = VALUES(read_weight), write_weight = VALUES(write_weight)"
         ));
         let d = delete(
             &SHARDS,
-            &[vec![Param::text("a"); 2], vec![Param::text("b"); 2]],
+            &[vec![Param::from("a"); 2], vec![Param::from("b"); 2]],
         );
         assert_eq!(
             d.sql,

@@ -29,7 +29,7 @@ use rand::Rng;
 use rusqlite::{OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, Param};
 
 /// The database's clock in ms since the Unix epoch (sessions run in UTC).
 const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
@@ -441,31 +441,6 @@ fn write_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
     move |source| match source {
         DbError::Timeout(timeout) => QueueError::MaybeApplied { action, timeout },
         source => QueueError::Db { action, source },
-    }
-}
-
-/// A parameter of SQL text shared by both backends.
-#[derive(Clone, Debug)]
-enum Param {
-    Int(i64),
-    Text(String),
-}
-
-impl From<Param> for Value {
-    fn from(param: Param) -> Self {
-        match param {
-            Param::Int(v) => Value::Int(v),
-            Param::Text(v) => Value::Bytes(v.into_bytes()),
-        }
-    }
-}
-
-impl rusqlite::ToSql for Param {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            Self::Int(v) => v.to_sql(),
-            Self::Text(v) => v.to_sql(),
-        }
     }
 }
 
@@ -1025,7 +1000,7 @@ impl JobQueue {
                             Some(Ok(attempts)) => attempts,
                         };
                         let outcome = decide(attempts);
-                        tx.exec_drop(update, outcome_params(outcome, error, id))
+                        tx.exec_drop(update, to_mysql(outcome_params(outcome, error, id)))
                             .await?;
                         tx.commit().await?;
                         Ok(Ok(Some(outcome)))
@@ -1279,27 +1254,10 @@ impl JobQueue {
         sql: String,
         params: Vec<Param>,
     ) -> Result<u64, QueueError> {
-        match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(move |mut conn| async move {
-                        conn.exec_drop(sql, to_mysql(params)).await?;
-                        Ok(conn.affected_rows())
-                    })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |conn| {
-                        let changed = conn
-                            .prepare_cached(&sql)?
-                            .execute(rusqlite::params_from_iter(params))?;
-                        Ok(changed as u64)
-                    })
-                    .await
-            }
-        }
-        .map_err(write_err(action))
+        self.db
+            .execute(sql, params)
+            .await
+            .map_err(write_err(action))
     }
 
     /// Runs a query whose rows are two integers.
@@ -1351,7 +1309,7 @@ fn outcome_params(outcome: FailOutcome, error: String, id: i64) -> Vec<Param> {
 }
 
 fn to_mysql(params: Vec<Param>) -> Vec<Value> {
-    params.into_iter().map(Value::from).collect()
+    params.into_iter().map(Param::into_mysql).collect()
 }
 
 /// Splits `jobs` into runs of at most [`INSERT_ROWS`] rows and about [`INSERT_BYTES`] bytes.

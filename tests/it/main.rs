@@ -8,4 +8,5 @@ mod gizzmo_cli;
 mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
+mod tbird_ids;
 mod tbird_store;

@@ -3,8 +3,12 @@
 //!
 //! - [`tweet`]: the tweet and the rules its fields obey.
 //! - [`ids`]: tweet ids from Snowflake, prefetched in batches (or from an in-process worker).
+//! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
+//! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
 
 pub mod ids;
+pub mod service;
 pub mod store;
+pub mod topology;
 pub mod tweet;

@@ -9,4 +9,5 @@ mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_ids;
+mod tbird_service;
 mod tbird_store;

@@ -1,0 +1,273 @@
+//! The gRPC service `tbird.v1.Tweets` on the Gizzard proxy: requests are validated into
+//! domain types at the edge, tweets are written to table 1 (by id) and their author's timeline
+//! in table 2 (by user id), and reads go through the replicated trees with failover.
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures::future::join_all;
+use gizzard::{
+    server::Proxy,
+    shards::{ShardError, WriteError},
+};
+use proto::tbird::v1::{self as pb, tweets_server};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ids::{IdSource, IdsError},
+    store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
+    tweet::{InvalidTweet, Tweet, validate_id},
+};
+
+/// The most ids one `GetTweets` call may ask for.
+pub const MAX_GET_TWEETS: usize = 1_000;
+/// The most tweets one `UserTweets` page may hold.
+pub const MAX_PAGE: u32 = 200;
+
+/// The proxy T-Bird runs on.
+pub type TbirdProxy = Proxy<TbirdShard, TbirdWrite>;
+
+/// Implements `tbird.v1.Tweets`.
+#[derive(Clone)]
+pub struct TweetService {
+    proxy: Arc<TbirdProxy>,
+    ids: IdSource,
+}
+
+impl std::fmt::Debug for TweetService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TweetService")
+            .field("ids", &self.ids)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(err: InvalidTweet) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+fn shard_status(err: ShardError) -> Status {
+    match err {
+        ShardError::Query { .. } => Status::internal(err.to_string()),
+        _ => Status::unavailable(err.to_string()),
+    }
+}
+
+fn write_status(err: WriteError) -> Status {
+    Status::unavailable(err.to_string())
+}
+
+fn to_pb(tweet: Tweet) -> pb::Tweet {
+    pb::Tweet {
+        id: tweet.id,
+        user_id: tweet.user_id,
+        created_at_ms: tweet.created_at_ms() as i64,
+        text: tweet.text.into_bytes(),
+        in_reply_to: tweet.in_reply_to,
+        deleted: tweet.deleted,
+    }
+}
+
+impl TweetService {
+    /// Returns the service over `proxy`, taking new ids from `ids`.
+    pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource) -> Self {
+        Self { proxy, ids }
+    }
+
+    /// Returns the tonic server for this service.
+    pub fn into_server(self) -> tweets_server::TweetsServer<Self> {
+        tweets_server::TweetsServer::new(self)
+    }
+
+    /// Writes the tweet and its timeline entry; both commute, so they go in parallel.
+    async fn store(&self, tweet: &Tweet) -> Result<(), Status> {
+        let writer = &self.proxy.writer;
+        let put = TbirdWrite::PutTweet(tweet.clone());
+        let add = TbirdWrite::AddToTimeline {
+            user_id: tweet.user_id,
+            tweet_id: tweet.id,
+        };
+        let (a, b) = tokio::join!(
+            writer.write(TWEETS_TABLE, tweet.id, &put),
+            writer.write(TIMELINES_TABLE, tweet.user_id, &add)
+        );
+        a.map_err(write_status)?;
+        b.map_err(write_status)?;
+        Ok(())
+    }
+
+    /// Returns the stored tweets of `ids` (tombstones included), reading each shard's ids in
+    /// one query and the shards in parallel.
+    async fn fetch(&self, ids: &[u64]) -> Result<HashMap<u64, Tweet>, Status> {
+        let router = &self.proxy.router;
+        let mut groups: HashMap<String, (Arc<gizzard::shards::Node<TbirdShard>>, Vec<u64>)> =
+            HashMap::new();
+        for &id in ids {
+            let tree = router
+                .tree(TWEETS_TABLE, id)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            groups
+                .entry(tree.id().to_string())
+                .or_insert_with(|| (tree, Vec::new()))
+                .1
+                .push(id);
+        }
+        let reads = groups
+            .values()
+            .map(|(tree, ids)| tree.read(move |leaf| leaf.shard.get_tweets(ids)));
+        let mut found = HashMap::with_capacity(ids.len());
+        for result in join_all(reads).await {
+            found.extend(result.map_err(shard_status)?.into_iter().map(|t| (t.id, t)));
+        }
+        Ok(found)
+    }
+}
+
+#[tonic::async_trait]
+impl tweets_server::Tweets for TweetService {
+    async fn post_tweet(
+        &self,
+        request: Request<pb::PostTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let r = request.into_inner();
+        // Validate before taking an id, so bad input spends nothing.
+        let user_id = validate_id("user_id", r.user_id).map_err(invalid)?;
+        let text = crate::tweet::validate_text(r.text).map_err(invalid)?;
+        let in_reply_to = r
+            .in_reply_to
+            .map(|id| validate_id("in_reply_to", id))
+            .transpose()
+            .map_err(invalid)?;
+        let id = self
+            .ids
+            .next_id()
+            .await
+            .map_err(|e: IdsError| Status::unavailable(e.to_string()))?;
+        let tweet = Tweet {
+            id,
+            user_id,
+            text,
+            in_reply_to,
+            deleted: false,
+        };
+        self.store(&tweet).await?;
+        Ok(Response::new(to_pb(tweet)))
+    }
+
+    async fn put_tweet(
+        &self,
+        request: Request<pb::PutTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let t = request
+            .into_inner()
+            .tweet
+            .ok_or_else(|| Status::invalid_argument("tweet is missing"))?;
+        let tweet = Tweet::new(t.id, t.user_id, t.text, t.in_reply_to).map_err(invalid)?;
+        self.store(&tweet).await?;
+        Ok(Response::new(to_pb(tweet)))
+    }
+
+    async fn get_tweet(
+        &self,
+        request: Request<pb::GetTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let id = validate_id("id", request.into_inner().id).map_err(invalid)?;
+        match self.fetch(&[id]).await?.remove(&id) {
+            Some(tweet) if !tweet.deleted => Ok(Response::new(to_pb(tweet))),
+            _ => Err(Status::not_found(format!("tweet {id} does not exist"))),
+        }
+    }
+
+    async fn get_tweets(
+        &self,
+        request: Request<pb::GetTweetsRequest>,
+    ) -> Result<Response<pb::GetTweetsResponse>, Status> {
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_GET_TWEETS {
+            return Err(Status::invalid_argument(format!(
+                "ids has {} entries, over the {MAX_GET_TWEETS} allowed",
+                ids.len()
+            )));
+        }
+        for &id in &ids {
+            validate_id("ids", id).map_err(invalid)?;
+        }
+        let mut found = self.fetch(&ids).await?;
+        let (mut tweets, mut missing) = (Vec::new(), Vec::new());
+        for id in ids {
+            match found.get(&id) {
+                Some(tweet) if !tweet.deleted => tweets.push(to_pb(tweet.clone())),
+                _ => missing.push(id),
+            }
+        }
+        found.clear();
+        Ok(Response::new(pb::GetTweetsResponse { tweets, missing }))
+    }
+
+    async fn delete_tweet(
+        &self,
+        request: Request<pb::DeleteTweetRequest>,
+    ) -> Result<Response<pb::DeleteTweetResponse>, Status> {
+        let id = validate_id("id", request.into_inner().id).map_err(invalid)?;
+        let writer = &self.proxy.writer;
+        // The tombstone goes in whether or not the tweet has arrived yet.
+        writer
+            .write(TWEETS_TABLE, id, &TbirdWrite::DeleteTweet { id })
+            .await
+            .map_err(write_status)?;
+        if let Some(tweet) = self
+            .fetch(&[id])
+            .await?
+            .remove(&id)
+            .filter(|t| t.user_id != 0)
+        {
+            let remove = TbirdWrite::RemoveFromTimeline {
+                user_id: tweet.user_id,
+                tweet_id: id,
+            };
+            writer
+                .write(TIMELINES_TABLE, tweet.user_id, &remove)
+                .await
+                .map_err(write_status)?;
+        }
+        Ok(Response::new(pb::DeleteTweetResponse {}))
+    }
+
+    async fn user_tweets(
+        &self,
+        request: Request<pb::UserTweetsRequest>,
+    ) -> Result<Response<pb::UserTweetsResponse>, Status> {
+        let r = request.into_inner();
+        let user_id = validate_id("user_id", r.user_id).map_err(invalid)?;
+        if !(1..=MAX_PAGE).contains(&r.limit) {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is out of range: expected 1 to {MAX_PAGE}",
+                r.limit
+            )));
+        }
+        let limit = r.limit as usize;
+        let tree = self
+            .proxy
+            .router
+            .tree(TIMELINES_TABLE, user_id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let ids = tree
+            .read(|leaf| leaf.shard.timeline(user_id, r.max_id, limit))
+            .await
+            .map_err(shard_status)?;
+        let found = self.fetch(&ids).await?;
+        let tweets = ids
+            .iter()
+            .filter_map(|id| found.get(id))
+            .filter(|t| !t.deleted)
+            .cloned()
+            .map(to_pb)
+            .collect();
+        let next_max_id = (ids.len() == limit).then(|| ids[limit - 1] - 1);
+        Ok(Response::new(pb::UserTweetsResponse {
+            tweets,
+            next_max_id,
+        }))
+    }
+}

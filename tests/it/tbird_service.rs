@@ -1,0 +1,258 @@
+//! The tweet service end to end over real gRPC: a proxy with two replicas (on MariaDB, and on
+//! SQLite files), tweets posted, read, multi-read, deleted and paged by timeline, and bad
+//! input refused with the field named.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use proto::tbird::v1::{
+    DeleteTweetRequest, GetTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest,
+    Tweet, UserTweetsRequest, tweets_client::TweetsClient,
+};
+use snowflake::{clock::SystemClock, worker::IdWorker};
+use tbird::{
+    ids::IdSource,
+    service::{TbirdProxy, TweetService},
+};
+use tests::cluster::test_settings;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+/// Starts a proxy over `hosts` with the default topology, serves the tweet service on a
+/// loopback port and returns a client; the service stops when `shutdown` is cancelled.
+async fn serve(
+    nameserver_url: &str,
+    hosts: Vec<(String, String)>,
+    shutdown: &CancellationToken,
+) -> TweetsClient<Channel> {
+    use proto::gizzard::v1::shard_manager_server::ShardManager;
+    let proxy: TbirdProxy = gizzard::server::Proxy::start(
+        test_settings(nameserver_url),
+        tbird::store::registry(),
+        HashMap::new(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("start proxy");
+    let changes = tbird::topology::default_changes(&hosts, 4);
+    let request = proto::gizzard::v1::ApplyRequest {
+        changes: changes
+            .iter()
+            .map(gizzard::manager::convert::change_to_pb)
+            .collect(),
+    };
+    proxy
+        .manager()
+        .apply(tonic::Request::new(request))
+        .await
+        .expect("create the tables");
+    let ids = IdSource::Local(Arc::new(IdWorker::fixed(
+        Arc::new(SystemClock::default()),
+        5,
+        0,
+        1,
+    )));
+    let service = TweetService::new(Arc::new(proxy), ids).into_server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled(),
+            )
+            .await
+    });
+    TweetsClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+fn text(t: &Tweet) -> String {
+    String::from_utf8(t.text.clone()).expect("utf-8")
+}
+
+async fn post(client: &mut TweetsClient<Channel>, user_id: u64, body: &str) -> Tweet {
+    let request = PostTweetRequest {
+        user_id,
+        text: body.as_bytes().to_vec(),
+        in_reply_to: None,
+    };
+    client.post_tweet(request).await.expect("post").into_inner()
+}
+
+async fn tweets_end_to_end(mut client: TweetsClient<Channel>) {
+    // Post and read back.
+    let first = post(&mut client, 7, "hello 🐦").await;
+    assert!(first.id > 0 && first.created_at_ms > 0);
+    let got = client
+        .get_tweet(GetTweetRequest { id: first.id })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((got.user_id, text(&got)), (7, "hello 🐦".to_owned()));
+
+    // Multi-get keeps the request's order and names the missing ids.
+    let second = post(&mut client, 8, "second").await;
+    let third = post(&mut client, 7, "third").await;
+    let request = GetTweetsRequest {
+        ids: vec![third.id, 424_242, first.id, second.id],
+    };
+    let got = client
+        .get_tweets(request)
+        .await
+        .expect("multi-get")
+        .into_inner();
+    let order: Vec<u64> = got.tweets.iter().map(|t| t.id).collect();
+    assert_eq!(order, [third.id, first.id, second.id]);
+    assert_eq!(got.missing, [424_242]);
+
+    // Timeline: newest first, paged.
+    let page = UserTweetsRequest {
+        user_id: 7,
+        max_id: None,
+        limit: 1,
+    };
+    let got = client
+        .user_tweets(page)
+        .await
+        .expect("timeline")
+        .into_inner();
+    assert_eq!(
+        got.tweets.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [third.id]
+    );
+    let next = UserTweetsRequest {
+        user_id: 7,
+        max_id: got.next_max_id,
+        limit: 10,
+    };
+    let got = client.user_tweets(next).await.expect("page 2").into_inner();
+    assert_eq!(
+        got.tweets.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [first.id]
+    );
+    assert_eq!(got.next_max_id, None);
+
+    // Delete: gone from reads and from the timeline.
+    client
+        .delete_tweet(DeleteTweetRequest { id: third.id })
+        .await
+        .expect("delete");
+    let status = client
+        .get_tweet(GetTweetRequest { id: third.id })
+        .await
+        .expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound);
+    let page = UserTweetsRequest {
+        user_id: 7,
+        max_id: None,
+        limit: 10,
+    };
+    let got = client
+        .user_tweets(page)
+        .await
+        .expect("timeline")
+        .into_inner();
+    assert_eq!(
+        got.tweets.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [first.id]
+    );
+
+    // A delete that arrives before its tweet stays deleted; repeating the put changes nothing.
+    let early = first.id + 1_000;
+    client
+        .delete_tweet(DeleteTweetRequest { id: early })
+        .await
+        .expect("early delete");
+    let late = Tweet {
+        id: early,
+        user_id: 9,
+        text: b"late".to_vec(),
+        ..Tweet::default()
+    };
+    for _ in 0..2 {
+        client
+            .put_tweet(PutTweetRequest {
+                tweet: Some(late.clone()),
+            })
+            .await
+            .expect("put");
+    }
+    let status = client
+        .get_tweet(GetTweetRequest { id: early })
+        .await
+        .expect_err("stays deleted");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Bad input is refused with the field named.
+    let bad_posts = [
+        (7, Vec::new(), "text is empty"),
+        (7, "a".repeat(281).into_bytes(), "text has 281 characters"),
+        (7, vec![b'h', 0xc3, 0x28], "text is not valid UTF-8"),
+        (0, b"hi".to_vec(), "user_id must not be 0"),
+    ];
+    for (user_id, body, message) in bad_posts {
+        let request = PostTweetRequest {
+            user_id,
+            text: body,
+            in_reply_to: None,
+        };
+        let status = client.post_tweet(request).await.expect_err("bad post");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(message), "{}", status.message());
+    }
+    let status = client
+        .get_tweet(GetTweetRequest { id: 0 })
+        .await
+        .expect_err("id 0");
+    assert!(
+        status.code() == Code::InvalidArgument && status.message().contains("id must not be 0")
+    );
+    for limit in [0, 201] {
+        let request = UserTweetsRequest {
+            user_id: 7,
+            max_id: None,
+            limit,
+        };
+        let status = client.user_tweets(request).await.expect_err("bad limit");
+        assert!(
+            status.message().contains(&format!("limit {limit}")),
+            "{}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tweets_on_two_mariadb_replicas() {
+    let servers = tests::MariaDb::start_many(3).await.expect("mariadb");
+    let nameserver = servers[0]
+        .create_database("gizzard")
+        .await
+        .expect("nameserver db");
+    let mut hosts = Vec::new();
+    for (i, server) in servers[1..].iter().enumerate() {
+        hosts.push((
+            format!("h{i}"),
+            server.create_database("tbird").await.expect("shard db"),
+        ));
+    }
+    let shutdown = CancellationToken::new();
+    tweets_end_to_end(serve(&nameserver, hosts, &shutdown).await).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tweets_on_two_sqlite_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let hosts = vec![("a".to_owned(), url("a.db")), ("b".to_owned(), url("b.db"))];
+    let shutdown = CancellationToken::new();
+    tweets_end_to_end(serve(&url("ns.db"), hosts, &shutdown).await).await;
+    shutdown.cancel();
+}

@@ -1,0 +1,147 @@
+//! `tbird dev`: the whole stack in one process, nothing to install. Snowflake runs in-process,
+//! and SQLite files in the data dir hold the nameserver, the job queue and two shard "hosts".
+//! A new data dir gets the default topology (8 forwardings per table, each replicated on both
+//! hosts); an existing one keeps its data and topology across restarts.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use gizzard::{
+    scheduler::WorkerSettings,
+    server::{Proxy, ProxySettings},
+};
+use snowflake::{clock::SystemClock, worker::IdWorker};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{ids::IdSource, service::TweetService, store, topology};
+
+/// Forwardings per table in a new data dir.
+pub const DEV_SHARDS: usize = 8;
+
+/// Where `tbird dev` keeps its data and listens.
+#[derive(Clone, Debug)]
+pub struct DevSettings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+}
+
+/// Why the dev stack could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("start the proxy: {0}")]
+    Proxy(#[from] gizzard::server::StartError),
+    #[error("create the default topology: {0}")]
+    Topology(String),
+    #[error("serve gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
+    format!("sqlite://{}", dir.join(file).display())
+}
+
+/// Runs the dev stack until `shutdown`; `ready` receives the bound addresses once it serves.
+pub async fn run(
+    settings: DevSettings,
+    ready: tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>,
+    shutdown: CancellationToken,
+) -> Result<(), DevError> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| DevError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let proxy_settings = ProxySettings {
+        server_name: "tbird-dev".into(),
+        workers: WorkerSettings {
+            count: 2,
+            poll_interval: Duration::from_millis(200),
+            name: "tbird-dev".into(),
+            ..WorkerSettings::default()
+        },
+        ..ProxySettings::new(sqlite_url(dir, "nameserver.db"))
+    };
+    let proxy = Proxy::start(
+        proxy_settings,
+        store::registry(),
+        HashMap::new(),
+        shutdown.clone(),
+    )
+    .await?;
+    if proxy.routing.current().topology.forwardings.is_empty() {
+        create_default_topology(&proxy, dir).await?;
+    }
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DevError::Listen { addr, source })
+    };
+    let (tweets_listener, admin_listener) = (
+        bind(settings.listen).await?,
+        bind(settings.admin_listen).await?,
+    );
+    let addrs = (
+        local(&tweets_listener, settings.listen),
+        local(&admin_listener, settings.admin_listen),
+    );
+    let manager = proxy.manager().into_server();
+    let ids = IdSource::Local(Arc::new(IdWorker::fixed(
+        Arc::new(SystemClock::default()),
+        5,
+        0,
+        0,
+    )));
+    let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
+    let admin = Server::builder()
+        .add_service(manager)
+        .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), shutdown.cancelled());
+    let service = Server::builder()
+        .add_service(tweets)
+        .serve_with_incoming_shutdown(TcpIncoming::from(tweets_listener), shutdown.cancelled());
+    let _ = ready.send(addrs);
+    let (a, b) = tokio::join!(service, admin);
+    a?;
+    b?;
+    Ok(())
+}
+
+fn local(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+async fn create_default_topology(
+    proxy: &crate::service::TbirdProxy,
+    dir: &std::path::Path,
+) -> Result<(), DevError> {
+    use proto::gizzard::v1::{ApplyRequest, shard_manager_server::ShardManager};
+    let hosts = vec![
+        ("a".to_owned(), sqlite_url(dir, "host-a.db")),
+        ("b".to_owned(), sqlite_url(dir, "host-b.db")),
+    ];
+    let changes = topology::default_changes(&hosts, DEV_SHARDS);
+    let request = ApplyRequest {
+        changes: changes
+            .iter()
+            .map(gizzard::manager::convert::change_to_pb)
+            .collect(),
+    };
+    proxy
+        .manager()
+        .apply(tonic::Request::new(request))
+        .await
+        .map_err(|s| DevError::Topology(s.message().to_owned()))?;
+    tracing::info!(shards = DEV_SHARDS, "created the default topology");
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! `tbird`: the tweet store's server and its client commands.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use proto::tbird::v1::{
+    DeleteTweetRequest, GetTweetsRequest, PostTweetRequest, Tweet, UserTweetsRequest,
+    tweets_client::TweetsClient,
+};
+use tbird::dev::{self, DevSettings};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(
+    name = "tbird",
+    version,
+    about = "Tweet storage on Gizzard, with ids from Snowflake"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process on SQLite files: nothing to install.
+    Dev {
+        /// Where the nameserver, the job queue and the two shard hosts keep their files.
+        #[arg(long, env = "TBIRD_DATA_DIR", default_value = "tbird-dev-data")]
+        data_dir: PathBuf,
+        /// Address of the tweet service.
+        #[arg(long, env = "TBIRD_LISTEN", default_value = "127.0.0.1:7915")]
+        listen: SocketAddr,
+        /// Address of the ShardManager admin service (for gizzmo).
+        #[arg(long, env = "TBIRD_ADMIN_LISTEN", default_value = "127.0.0.1:7920")]
+        admin_listen: SocketAddr,
+    },
+    /// Post a tweet and print its id.
+    Post {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The author's user id.
+        #[arg(long)]
+        user: u64,
+        /// The id of the tweet this one replies to.
+        #[arg(long)]
+        reply_to: Option<u64>,
+        /// The text, 1 to 280 characters.
+        text: String,
+    },
+    /// Print tweets by id.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Delete tweets by id.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Print a user's tweets, newest first.
+    Timeline {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        user: u64,
+        /// Only tweets with ids at most this (the `next` id of the previous page).
+        #[arg(long)]
+        max_id: Option<u64>,
+        /// Tweets per page, 1 to 200.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Tweet service address, HOST:PORT.
+    #[arg(long, env = "TBIRD_ADDR", default_value = "127.0.0.1:7915")]
+    addr: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Deadline for connecting and for each call.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> anyhow::Result<TweetsClient<Channel>> {
+        let uri = if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        };
+        let channel = Endpoint::from_shared(uri)
+            .with_context(|| format!("invalid address {:?}", self.addr))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .connect()
+            .await
+            .with_context(|| format!("connect to {}", self.addr))?;
+        Ok(TweetsClient::new(channel))
+    }
+
+    fn print(&self, tweets: &[Tweet]) {
+        for t in tweets {
+            let text = String::from_utf8_lossy(&t.text);
+            if self.json {
+                let json = serde_json::json!({
+                    "id": t.id, "user_id": t.user_id, "text": text,
+                    "in_reply_to": t.in_reply_to, "created_at_ms": t.created_at_ms,
+                });
+                println!("{json}");
+            } else {
+                let when = chrono::DateTime::from_timestamp_millis(t.created_at_ms)
+                    .map_or_else(String::new, |d| d.format("%Y-%m-%d %H:%M:%S").to_string());
+                println!("{}  user {}  {when}  {text}", t.id, t.user_id);
+            }
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    // Errors print as one readable line, never as a Debug dump with a backtrace.
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", gizzard::gizzmo::error_text(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(run(Cli::parse().command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev {
+            data_dir,
+            listen,
+            admin_listen,
+        } => {
+            run_dev(DevSettings {
+                data_dir,
+                listen,
+                admin_listen,
+            })
+            .await
+        }
+        Command::Post {
+            client,
+            user,
+            reply_to,
+            text,
+        } => {
+            let request = PostTweetRequest {
+                user_id: user,
+                text: text.into_bytes(),
+                in_reply_to: reply_to,
+            };
+            let tweet = client
+                .connect()
+                .await?
+                .post_tweet(request)
+                .await
+                .map_err(status)?
+                .into_inner();
+            if client.json {
+                client.print(&[tweet])
+            } else {
+                println!("{}", tweet.id)
+            }
+            Ok(())
+        }
+        Command::Get { client, ids } => {
+            let got = client
+                .connect()
+                .await?
+                .get_tweets(GetTweetsRequest { ids })
+                .await
+                .map_err(status)?
+                .into_inner();
+            client.print(&got.tweets);
+            if !got.missing.is_empty() {
+                let missing: Vec<String> = got.missing.iter().map(u64::to_string).collect();
+                bail!("not found: {}", missing.join(", "));
+            }
+            Ok(())
+        }
+        Command::Delete { client, ids } => {
+            let mut tweets = client.connect().await?;
+            for id in ids {
+                tweets
+                    .delete_tweet(DeleteTweetRequest { id })
+                    .await
+                    .map_err(status)?;
+            }
+            Ok(())
+        }
+        Command::Timeline {
+            client,
+            user,
+            max_id,
+            limit,
+        } => {
+            let request = UserTweetsRequest {
+                user_id: user,
+                max_id,
+                limit,
+            };
+            let page = client
+                .connect()
+                .await?
+                .user_tweets(request)
+                .await
+                .map_err(status)?
+                .into_inner();
+            client.print(&page.tweets);
+            if let (Some(next), false) = (page.next_max_id, client.json) {
+                println!("more: --max-id {next}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn status(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+async fn run_dev(settings: DevSettings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let data_dir = settings.data_dir.clone();
+    let mut stack = tokio::spawn(dev::run(settings, ready_tx, shutdown.clone()));
+    let Ok((tweets, admin)) = ready.await else {
+        // The stack stopped before it served: its error says why.
+        return stack.await.context("dev stack")?.map_err(Into::into);
+    };
+    println!(
+        "tbird dev: tweets on {tweets}, ShardManager on {admin}, data in {}",
+        data_dir.display()
+    );
+    println!("try:  cargo run -p tbird -- post --addr {tweets} --user 1 'hello, world'");
+    println!("      cargo run -p tbird -- timeline --addr {tweets} --user 1");
+    println!("      cargo run -p gizzard --bin gizzmo -- --addr {admin} tree 1");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => shutdown.cancel(),
+        () = terminate() => shutdown.cancel(),
+        result = &mut stack => return result.context("dev stack")?.map_err(Into::into),
+    }
+    stack.await.context("dev stack")??;
+    Ok(())
+}
+
+async fn terminate() {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        term.recv().await;
+    }
+}

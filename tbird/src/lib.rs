@@ -4,12 +4,14 @@
 //! - [`tweet`]: the tweet and the rules its fields obey.
 //! - [`dev`]: `tbird dev`, the whole stack in one process on SQLite files.
 //! - [`ids`]: tweet ids from Snowflake, prefetched in batches (or from an in-process worker).
+//! - [`server`]: `tbird serve`, a production server on a MySQL nameserver and Snowflake.
 //! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
 //! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
 
 pub mod dev;
 pub mod ids;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod topology;

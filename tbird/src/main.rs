@@ -8,7 +8,10 @@ use proto::tbird::v1::{
     DeleteTweetRequest, GetTweetsRequest, PostTweetRequest, Tweet, UserTweetsRequest,
     tweets_client::TweetsClient,
 };
-use tbird::dev::{self, DevSettings};
+use tbird::{
+    dev::{self, DevSettings},
+    server::ServerConfig,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +28,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a production server: a MySQL nameserver, shards on MySQL hosts, ids from Snowflake.
+    Serve {
+        /// TOML config file (see tbird/tbird.example.toml).
+        #[arg(long, env = "TBIRD_CONFIG")]
+        config: Option<PathBuf>,
+        /// The nameserver database, overriding the file.
+        #[arg(long, env = "TBIRD_NAMESERVER_URL")]
+        nameserver_url: Option<String>,
+        /// The Snowflake daemon, HOST:PORT, overriding the file.
+        #[arg(long, env = "TBIRD_SNOWFLAKE_ADDR")]
+        snowflake_addr: Option<String>,
+        /// Address of the tweet service, overriding the file.
+        #[arg(long, env = "TBIRD_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Address of the ShardManager, overriding the file.
+        #[arg(long, env = "TBIRD_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// Admin bearer token, overriding the file.
+        #[arg(long, env = "TBIRD_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+    },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
         /// Where the nameserver, the job queue and the two shard hosts keep their files.
@@ -151,6 +175,35 @@ fn start() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Serve {
+            config,
+            nameserver_url,
+            snowflake_addr,
+            listen,
+            admin_listen,
+            admin_token,
+        } => {
+            let mut server = match config {
+                Some(path) => ServerConfig::from_file(&path)?,
+                None => ServerConfig::default(),
+            };
+            server.nameserver_url = nameserver_url.unwrap_or(server.nameserver_url);
+            server.snowflake_addr = snowflake_addr.unwrap_or(server.snowflake_addr);
+            server.listen = listen.unwrap_or(server.listen);
+            server.admin_listen = admin_listen.unwrap_or(server.admin_listen);
+            server.admin_token = admin_token.or(server.admin_token);
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = terminate() => {}
+                }
+                stop.cancel();
+            });
+            tbird::server::run(server, shutdown).await?;
+            Ok(())
+        }
         Command::Dev {
             data_dir,
             listen,

@@ -1,0 +1,188 @@
+//! `tbird serve`: a production server. It routes with the nameserver at `nameserver-url`
+//! (MySQL), takes ids from a Snowflake daemon, serves the tweet service and the ShardManager,
+//! and runs job workers. Run as many as you like on one nameserver.
+
+use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use gizzard::{
+    scheduler::WorkerSettings,
+    server::{Proxy, ProxySettings},
+};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    ids::{IdSource, PrefetchSettings},
+    service::TweetService,
+    store,
+};
+
+/// Everything `tbird serve` can be told; keys are kebab-case in the TOML file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// The nameserver and job queue database (`mysql://...`; `sqlite://PATH` for one machine).
+    pub nameserver_url: String,
+    /// The Snowflake daemon, HOST:PORT.
+    pub snowflake_addr: String,
+    /// Address of the tweet service.
+    pub listen: SocketAddr,
+    /// Address of the ShardManager admin service.
+    pub admin_listen: SocketAddr,
+    /// Bearer token admin calls that change anything must carry; none allows every caller.
+    pub admin_token: Option<String>,
+    /// Job workers in this server.
+    pub job_workers: usize,
+    /// Deadline of a write on one replica before it is queued for retry.
+    #[serde(with = "humantime_serde")]
+    pub leaf_timeout: Duration,
+    /// Deadline of each database operation.
+    #[serde(with = "humantime_serde")]
+    pub db_timeout: Duration,
+    /// Name reported to `gizzmo ping`.
+    pub server_name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            nameserver_url: String::new(),
+            snowflake_addr: "127.0.0.1:7609".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7915)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 7920)),
+            admin_token: None,
+            job_workers: 4,
+            leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
+            db_timeout: db::DEFAULT_TIMEOUT,
+            server_name: "tbird".into(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("read config {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("connect to snowflake at {addr}: {reason}")]
+    Snowflake { addr: String, reason: String },
+    #[error("start the proxy: {0}")]
+    Proxy(#[from] gizzard::server::StartError),
+    #[error("serve gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let config_err = |reason: String| ServerError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| config_err(e.to_string()))
+    }
+
+    /// Checks that the settings can run together.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.nameserver_url.is_empty() {
+            return Err(ServerError::Invalid("nameserver-url is not set".into()));
+        }
+        if self.job_workers == 0 {
+            return Err(ServerError::Invalid(
+                "job-workers must be at least 1".into(),
+            ));
+        }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(ServerError::Invalid(
+                "admin-token is empty: leave it out to allow every caller".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a server until `shutdown`.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    config.validate()?;
+    let snowflake =
+        snowflake::client::Client::connect(&config.snowflake_addr, "tbird", Duration::from_secs(2))
+            .await
+            .map_err(|e| ServerError::Snowflake {
+                addr: config.snowflake_addr.clone(),
+                reason: e.to_string(),
+            })?;
+    let ids = IdSource::remote(snowflake, PrefetchSettings::default(), shutdown.clone());
+    let settings = ProxySettings {
+        db_timeout: config.db_timeout,
+        leaf_timeout: config.leaf_timeout,
+        workers: WorkerSettings {
+            count: config.job_workers,
+            name: config.server_name.clone(),
+            ..WorkerSettings::default()
+        },
+        admin_token: config.admin_token.clone(),
+        server_name: config.server_name.clone(),
+        ..ProxySettings::new(&config.nameserver_url)
+    };
+    let proxy = Proxy::start(
+        settings,
+        store::registry(),
+        HashMap::new(),
+        shutdown.clone(),
+    )
+    .await?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Listen {
+                addr,
+                reason: e.to_string(),
+            })
+    };
+    let (tweets_listener, admin_listener) =
+        (bind(config.listen).await?, bind(config.admin_listen).await?);
+    let manager = proxy.manager().into_server();
+    let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "tbird serving");
+    let (a, b) = tokio::join!(
+        Server::builder()
+            .add_service(tweets)
+            .serve_with_incoming_shutdown(TcpIncoming::from(tweets_listener), shutdown.cancelled()),
+        Server::builder()
+            .add_service(manager)
+            .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), shutdown.cancelled()),
+    );
+    a?;
+    b?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tbird.example.toml");
+        let config = ServerConfig::from_file(&path).expect("example parses");
+        config.validate().expect("example is valid");
+        assert_eq!(config.leaf_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = ServerConfig::default()
+            .validate()
+            .expect_err("no nameserver");
+        assert!(err.to_string().contains("nameserver-url"), "{err}");
+        let err = toml::from_str::<ServerConfig>("listen-adr = \"x\"").expect_err("unknown key");
+        assert!(err.to_string().contains("listen-adr"), "{err}");
+    }
+}

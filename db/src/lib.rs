@@ -236,6 +236,17 @@ impl rusqlite::ToSql for Param {
 }
 
 impl Database {
+    /// Runs statements without parameters, separated by `;` (schema creation).
+    pub async fn execute_batch(&self, sql: String) -> Result<(), DbError> {
+        match self {
+            Self::Mysql { .. } => {
+                self.mysql(|mut conn| async move { conn.query_drop(sql).await })
+                    .await
+            }
+            Self::Sqlite { .. } => self.sqlite(move |conn| conn.execute_batch(&sql)).await,
+        }
+    }
+
     /// Runs one statement with `?` placeholders (both backends accept them) and returns the
     /// rows it matched.
     pub async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, DbError> {

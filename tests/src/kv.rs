@@ -205,15 +205,7 @@ impl PhysicalShard for KvShard {
                  CREATE INDEX IF NOT EXISTS {table}_hash ON {table} (hash)"
             ),
         };
-        match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(|mut c| async move { c.query_drop(sql).await })
-                    .await
-            }
-            Database::Sqlite { .. } => self.db.sqlite(move |c| c.execute_batch(&sql)).await,
-        }
-        .map_err(|e| self.err(e))
+        self.db.execute_batch(sql).await.map_err(|e| self.err(e))
     }
 
     fn key_of(row: &KvRow) -> u64 {

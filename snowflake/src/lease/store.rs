@@ -55,13 +55,11 @@ impl LeaseStore {
                 DbError::Url { url, reason } => LeaseError::Url { url, reason },
                 other => LeaseError::from(other),
             })?;
-        match &db {
-            Database::Mysql { .. } => {
-                db.mysql(|mut conn| async move { conn.query_drop(MYSQL_SCHEMA).await })
-                    .await?
-            }
-            Database::Sqlite { .. } => db.sqlite(|conn| conn.execute_batch(SQLITE_SCHEMA)).await?,
-        }
+        let schema = match &db {
+            Database::Mysql { .. } => MYSQL_SCHEMA,
+            Database::Sqlite { .. } => SQLITE_SCHEMA,
+        };
+        db.execute_batch(schema.to_owned()).await?;
         Ok(Self { db })
     }
 

@@ -17,7 +17,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use crate::{ids::IdSource, service::TweetService, store, topology};
 
 /// Forwardings per table in a new data dir.
-pub const DEV_SHARDS: usize = 8;
+pub const DEV_SHARDS: u32 = 8;
 
 /// Where `tbird dev` keeps its data and listens.
 #[derive(Clone, Debug)]
@@ -130,7 +130,8 @@ async fn create_default_topology(
         ("a".to_owned(), sqlite_url(dir, "host-a.db")),
         ("b".to_owned(), sqlite_url(dir, "host-b.db")),
     ];
-    let changes = topology::default_changes(&hosts, DEV_SHARDS);
+    let changes = topology::default_changes(&hosts, DEV_SHARDS)
+        .map_err(|e| DevError::Topology(e.to_string()))?;
     let request = ApplyRequest {
         changes: changes
             .iter()

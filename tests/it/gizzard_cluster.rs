@@ -159,7 +159,7 @@ fn unwrap(root: &ShardId, wrapper: &ShardId, leaf: &ShardId) -> Vec<Change> {
 async fn read_only_blocked_and_black_hole_nodes_route_as_designed() {
     let cluster = KvCluster::start(2).await;
     cluster.create_table(1, 1).await;
-    let root = ShardId::new("localhost", "t1_0000_replicating").expect("id");
+    let root = ShardId::new("localhost", "t1_0000").expect("id");
     let leaf_b = ShardId::new("h1", "t1_0000").expect("id");
 
     for (key, class) in [(1, "ReadOnlyShard"), (2, "BlockedShard")] {
@@ -286,7 +286,7 @@ async fn invalid_batches_are_refused_whole() {
     cluster.create_table(1, 1).await;
     let manager = cluster.proxy.manager();
     let version = cluster.proxy.nameserver.version().await.expect("version");
-    let root = "localhost/t1_0000_replicating";
+    let root = "localhost/t1_0000";
     let leaf = "h0/t1_0000";
     let cycle = [
         // A valid change first: it must not land when the batch is refused.

@@ -33,7 +33,7 @@ async fn serve(
     )
     .await
     .expect("start proxy");
-    let changes = tbird::topology::default_changes(&hosts, 4);
+    let changes = tbird::topology::default_changes(&hosts, 4).expect("valid host names");
     let request = proto::gizzard::v1::ApplyRequest {
         changes: changes
             .iter()

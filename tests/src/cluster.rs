@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use gizzard::{
-    nameserver::{Change, Forwarding, Host, Link, MAX_HASH, ShardId, ShardInfo},
+    nameserver::{Change, Host, ShardId, replicated_table},
     scheduler::WorkerSettings,
     server::{Proxy, ProxySettings},
     shards::ShardError,
@@ -108,36 +108,15 @@ impl KvCluster {
                 })
             })
             .collect();
-        let step = (MAX_HASH as u64 + 1) / shards as u64;
-        for s in 0..shards {
-            let prefix = format!("t{table_id}_{s:04}");
-            let root =
-                ShardId::new("localhost", format!("{prefix}_replicating")).expect("valid id");
-            changes.push(Change::CreateShard(ShardInfo {
-                id: root.clone(),
-                class_name: "ReplicatingShard".into(),
-                busy: false,
-            }));
-            for host in 0..self.hosts.len() {
-                let leaf = ShardId::new(Self::host_name(host), &prefix).expect("valid id");
-                changes.push(Change::CreateShard(ShardInfo {
-                    id: leaf.clone(),
-                    class_name: KV_SHARD.into(),
-                    busy: false,
-                }));
-                changes.push(Change::AddLink(Link {
-                    up: root.clone(),
-                    down: leaf,
-                    weight: 1,
-                }));
-            }
-            let base_id = (s as u64 * step) as i64;
-            changes.push(Change::SetForwarding(Forwarding {
-                table_id,
-                base_id,
-                shard_id: root,
-            }));
-        }
+        let hosts: Vec<String> = (0..self.hosts.len()).map(Self::host_name).collect();
+        let table = replicated_table(
+            table_id,
+            KV_SHARD,
+            &format!("t{table_id}"),
+            &hosts,
+            shards as u32,
+        );
+        changes.extend(table.expect("valid shard names"));
         changes
     }
 

@@ -10,7 +10,8 @@ use clap::ValueEnum;
 use proto::gizzard::v1 as pb;
 
 use crate::nameserver::{
-    Change, Forwarding, HASH_BITS, Host, Link, NodeKind, ShardId, ShardInfo, Topology, VIRTUAL_HOST,
+    Change, Forwarding, Host, Link, NodeKind, ShardId, ShardInfo, Topology, VIRTUAL_HOST,
+    replicated_table,
 };
 
 /// The most forwardings `create-table` makes for one table.
@@ -64,18 +65,6 @@ pub fn check(topology: &Topology, changes: &[Change]) -> anyhow::Result<Topology
     Ok(after)
 }
 
-/// Returns the base ids of `shards` forwardings spread evenly over the hash space:
-/// `i * 2^60 / shards`, the first being 0.
-pub fn base_ids(shards: u32) -> Vec<i64> {
-    let space = 1u128 << HASH_BITS;
-    (0..u128::from(shards))
-        .map(|i| {
-            // Below 2^60, so the conversion cannot fail.
-            i64::try_from(i * space / u128::from(shards)).unwrap_or(i64::MAX)
-        })
-        .collect()
-}
-
 /// What `create-table` makes.
 #[derive(Clone, Debug)]
 pub struct TableSpec {
@@ -126,28 +115,14 @@ pub fn create_table(topology: &Topology, spec: &TableSpec) -> anyhow::Result<Vec
         "table {} already has {existing} forwarding(s); pick another table id or remove them",
         spec.table_id
     );
-    let mut changes = Vec::new();
-    for (i, base_id) in base_ids(spec.shards).into_iter().enumerate() {
-        let prefix = format!("{}_{i:04}", spec.prefix);
-        let root = ShardId::new(VIRTUAL_HOST, prefix.as_str())
-            .with_context(|| format!("--prefix {:?}", spec.prefix))?;
-        changes.push(create(&root, "ReplicatingShard"));
-        for host in &spec.replicas {
-            let leaf = ShardId::new(host.as_str(), prefix.as_str())
-                .with_context(|| format!("replica host {host:?}"))?;
-            changes.push(create(&leaf, &spec.class_name));
-            changes.push(Change::AddLink(Link {
-                up: root.clone(),
-                down: leaf,
-                weight: 1,
-            }));
-        }
-        changes.push(Change::SetForwarding(Forwarding {
-            table_id: spec.table_id,
-            base_id,
-            shard_id: root,
-        }));
-    }
+    let changes = replicated_table(
+        spec.table_id,
+        &spec.class_name,
+        &spec.prefix,
+        &spec.replicas,
+        spec.shards,
+    )
+    .with_context(|| format!("--prefix {:?} with the replica hosts", spec.prefix))?;
     check(topology, &changes)?;
     Ok(changes)
 }
@@ -322,6 +297,7 @@ fn retarget_forwardings(topology: &Topology, from: &ShardId, to: &ShardId) -> Ve
 mod tests {
     use super::*;
     use crate::nameserver::MAX_HASH;
+    use crate::nameserver::base_ids;
 
     fn id(s: &str) -> ShardId {
         s.parse().expect("valid shard id")

@@ -22,7 +22,7 @@ pub mod validate;
 pub use hash::hash;
 pub use model::{
     Change, Forwarding, HASH_BITS, Host, Link, MAX_HASH, NodeKind, ShardId, ShardIdError,
-    ShardInfo, ShardTypes, Topology, TopologyError, VIRTUAL_HOST,
+    ShardInfo, ShardTypes, Topology, TopologyError, VIRTUAL_HOST, base_ids, replicated_table,
 };
 pub use routing::{DEFAULT_POLL_INTERVAL, Routing};
 pub use snapshot::{NodeSpec, RoutingSnapshot};

@@ -536,6 +536,58 @@ impl ShardTypes {
     }
 }
 
+/// Returns the base ids of `shards` forwardings spread evenly over the hash space:
+/// `i * 2^60 / shards`, the first being 0.
+pub fn base_ids(shards: u32) -> Vec<i64> {
+    let space = 1u128 << HASH_BITS;
+    (0..u128::from(shards))
+        .map(|i| {
+            // Below 2^60, so the conversion cannot fail.
+            i64::try_from(i * space / u128::from(shards)).unwrap_or(i64::MAX)
+        })
+        .collect()
+}
+
+/// Returns the changes that create table `table_id` over `shards` hash ranges spread evenly:
+/// per range `i`, a `ReplicatingShard` `localhost/<prefix>_<i:04>` over one `class_name` leaf
+/// `<host>/<prefix>_<i:04>` per host (links of weight 1), and the forwarding to it.
+pub fn replicated_table(
+    table_id: i32,
+    class_name: &str,
+    prefix: &str,
+    hosts: &[String],
+    shards: u32,
+) -> Result<Vec<Change>, ShardIdError> {
+    let create = |id: &ShardId, class_name: &str| {
+        Change::CreateShard(ShardInfo {
+            id: id.clone(),
+            class_name: class_name.to_owned(),
+            busy: false,
+        })
+    };
+    let mut changes = Vec::new();
+    for (i, base_id) in base_ids(shards).into_iter().enumerate() {
+        let prefix = format!("{prefix}_{i:04}");
+        let root = ShardId::new(VIRTUAL_HOST, prefix.as_str())?;
+        changes.push(create(&root, "ReplicatingShard"));
+        for host in hosts {
+            let leaf = ShardId::new(host.as_str(), prefix.as_str())?;
+            changes.push(create(&leaf, class_name));
+            changes.push(Change::AddLink(Link {
+                up: root.clone(),
+                down: leaf,
+                weight: 1,
+            }));
+        }
+        changes.push(Change::SetForwarding(Forwarding {
+            table_id,
+            base_id,
+            shard_id: root,
+        }));
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,8 @@ pub enum DbError {
     Timeout(Duration),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("unreadable value: {0}")]
+    Value(String),
 }
 
 /// A connection pool (MySQL) or a connection (SQLite), with a deadline per operation.
@@ -266,6 +268,47 @@ impl Database {
                         .prepare_cached(&sql)?
                         .execute(rusqlite::params_from_iter(params))?;
                     Ok(changed as u64)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs a query whose columns are all integers (or NULL) and returns its rows.
+    pub async fn query_ints(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<Vec<Option<i64>>>, DbError> {
+        match self {
+            Self::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> =
+                    params.into_iter().map(Param::into_mysql).collect();
+                let rows: Vec<mysql_async::Row> = self
+                    .mysql(|mut conn| async move { conn.exec(sql, params).await })
+                    .await?;
+                rows.into_iter()
+                    .map(|row| {
+                        row.unwrap()
+                            .into_iter()
+                            .map(|value| match value {
+                                mysql_async::Value::NULL => Ok(None),
+                                value => mysql_async::from_value_opt::<i64>(value)
+                                    .map(Some)
+                                    .map_err(|e| DbError::Value(e.to_string())),
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+            Self::Sqlite { .. } => {
+                self.sqlite(move |conn| {
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let columns = stmt.column_count();
+                    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+                        (0..columns).map(|i| row.get::<_, Option<i64>>(i)).collect()
+                    })?;
+                    rows.collect()
                 })
                 .await
             }

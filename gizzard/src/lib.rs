@@ -9,6 +9,7 @@
 //! - [`scheduler`]: the durable job queue in the nameserver database, and its workers.
 //! - [`shards`]: routing trees (Replicating, ReadOnly, WriteOnly, Blocked, BlackHole, leaves),
 //!   failure accrual, the application's physical shard types, and the write path.
+//! - [`migrate`]: online copy, diff and repair, and the move, split and rebalance workflows.
 //! - [`manager`]: the admin gRPC service `gizzard.v1.ShardManager`.
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 //! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
@@ -16,6 +17,7 @@
 pub use db;
 pub mod gizzmo;
 pub mod manager;
+pub mod migrate;
 pub mod nameserver;
 pub mod scheduler;
 pub mod server;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     db::{Database, DbError},
     manager::{Manager, ManagerParts},
+    migrate::{self, MigrationSettings, MigrationStore, Migrator, StoreError},
     nameserver::{DEFAULT_POLL_INTERVAL, NameServer, NameServerError, Routing},
     scheduler::{
         ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, QueueError, WorkerSettings, Workers,
@@ -34,6 +35,8 @@ pub struct ProxySettings {
     pub admin_token: Option<String>,
     /// This server's name, reported by `gizzmo ping`.
     pub server_name: String,
+    /// How migrations run in this server's workers.
+    pub migrations: MigrationSettings,
 }
 
 impl ProxySettings {
@@ -47,6 +50,7 @@ impl ProxySettings {
             workers: WorkerSettings::default(),
             admin_token: None,
             server_name: "gizzard".into(),
+            migrations: MigrationSettings::default(),
         }
     }
 }
@@ -60,6 +64,8 @@ pub enum StartError {
     NameServer(#[from] NameServerError),
     #[error("open job queue: {0}")]
     Queue(#[from] QueueError),
+    #[error("open migrations table: {0}")]
+    Migrations(#[from] StoreError),
 }
 
 /// A running proxy for physical shards `S` and writes `W`.
@@ -69,6 +75,7 @@ pub struct Proxy<S, W> {
     pub queue: JobQueue,
     pub router: Arc<ShardRouter<S>>,
     pub writer: Arc<Writer<S, W>>,
+    pub migrations: MigrationStore,
     settings: ProxySettings,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -93,7 +100,8 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
     ) -> Result<Self, StartError> {
         let db = Database::open(&settings.nameserver_url, settings.db_timeout).await?;
         let nameserver = NameServer::open(db.clone()).await?;
-        let queue = JobQueue::open(db).await?;
+        let queue = JobQueue::open(db.clone()).await?;
+        let migrations = MigrationStore::open(db).await?;
         let routing = Arc::new(Routing::new(nameserver.clone()).await?);
         let poller = routing
             .clone()
@@ -108,11 +116,21 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             queue.clone(),
             settings.leaf_timeout,
         ));
+        let migrator = Migrator::new(
+            routing.clone(),
+            router.clone(),
+            queue.clone(),
+            migrations.clone(),
+            settings.migrations.clone(),
+        );
         let mut dispatch = Dispatch { runners };
         dispatch.runners.insert(
             W::JOB_TYPE.to_owned(),
             Arc::new(WriteRetries(writer.clone())),
         );
+        dispatch
+            .runners
+            .insert(migrate::JOB_TYPE.to_owned(), Arc::new(migrator));
         let workers = Workers::spawn(
             queue.clone(),
             Arc::new(dispatch),
@@ -125,6 +143,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             queue,
             router,
             writer,
+            migrations,
             settings,
             tasks: vec![poller, workers],
         })
@@ -136,6 +155,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             nameserver: self.nameserver.clone(),
             routing: self.routing.clone(),
             queue: self.queue.clone(),
+            migrations: self.migrations.clone(),
             types: self.router.registry().shard_types(),
             materializer: self.router.clone(),
         };
@@ -171,6 +191,12 @@ impl JobRunner for Dispatch {
                 )))
             }),
         }
+    }
+
+    fn timeout(&self, job: &ClaimedJob) -> Option<Duration> {
+        self.runners
+            .get(&job.job_type)
+            .and_then(|runner| runner.timeout(job))
     }
 }
 

@@ -165,6 +165,22 @@ impl TbirdShard {
         Ok(ids.into_iter().map(|id| id as u64).collect())
     }
 
+    fn key_column(&self) -> &'static str {
+        match self.kind {
+            Kind::Tweets => "id",
+            Kind::Timelines => "user_id",
+        }
+    }
+
+    /// The MySQL expression of the text a row's CRC32 is taken of; [`Row::crc`] builds the
+    /// same text.
+    fn crc_text(&self) -> &'static str {
+        match self.kind {
+            Kind::Tweets => "CONCAT_WS('|', id, user_id, text, COALESCE(in_reply_to, ''), deleted)",
+            Kind::Timelines => "CONCAT_WS('|', user_id, tweet_id, deleted)",
+        }
+    }
+
     fn columns(&self) -> &'static str {
         match self.kind {
             Kind::Tweets => "id, user_id, text, in_reply_to, deleted",
@@ -322,11 +338,38 @@ impl Row {
         }
     }
 
-    /// Returns a CRC32 of the row, for order-independent checksums.
+    /// Returns the row's CRC32 over the text MySQL's `checksum` query hashes (see
+    /// [`TbirdShard::crc_text`]), so both backends give the same digest.
     fn crc(&self) -> u64 {
-        let text = serde_json::to_vec(self).unwrap_or_default();
-        u64::from(crc32fast::hash(&text))
+        let text = match self {
+            Row::Tweet(t) => format!(
+                "{}|{}|{}|{}|{}",
+                t.id,
+                t.user_id,
+                t.text,
+                t.in_reply_to.map_or(String::new(), |id| id.to_string()),
+                u8::from(t.deleted)
+            ),
+            Row::Timeline {
+                user_id,
+                tweet_id,
+                deleted,
+            } => format!("{user_id}|{tweet_id}|{}", u8::from(*deleted)),
+        };
+        u64::from(crc32fast::hash(text.as_bytes()))
     }
+}
+
+/// Narrows the filter to rows whose hash is in `hashes`, when given.
+fn push_hash_filter(filter: &mut String, params: &mut Vec<i64>, hashes: Option<Range<i64>>) {
+    if let Some(range) = hashes {
+        filter.push_str(" AND hash >= ? AND hash < ?");
+        params.extend([range.start, range.end]);
+    }
+}
+
+fn int_params(params: Vec<i64>) -> Vec<Param> {
+    params.into_iter().map(Param::Int).collect()
 }
 
 fn mysql_row(kind: Kind, row: mysql_async::Row) -> Option<Row> {
@@ -423,6 +466,11 @@ impl PhysicalShard for TbirdShard {
         }
     }
 
+    fn cursor_past(key: u64) -> (u64, u64) {
+        // Tweets page by id alone; timelines by (user, tweet), and tweet ids are below 2^63.
+        (key, i64::MAX as u64)
+    }
+
     async fn read_page(
         &self,
         after: Option<(u64, u64)>,
@@ -437,10 +485,7 @@ impl PhysicalShard for TbirdShard {
                 vec![key, key, sub],
             ),
         };
-        if let Some(range) = hashes {
-            filter.push_str(" AND hash >= ? AND hash < ?");
-            params.extend([range.start, range.end]);
-        }
+        push_hash_filter(&mut filter, &mut params, hashes);
         self.select(&filter, params, Some(limit)).await
     }
 
@@ -451,28 +496,64 @@ impl PhysicalShard for TbirdShard {
         Ok(())
     }
 
+    async fn chunk_end(
+        &self,
+        after: Option<u64>,
+        rows: usize,
+        hashes: Option<Range<i64>>,
+    ) -> Result<Option<u64>, ShardError> {
+        let key = self.key_column();
+        let mut filter = format!("{key} > ?");
+        let mut params = vec![after.map_or(-1, |k| k as i64)];
+        push_hash_filter(&mut filter, &mut params, hashes);
+        let sql = format!(
+            "SELECT {key} FROM {} WHERE {filter} ORDER BY {} LIMIT 1 OFFSET {}",
+            self.table,
+            self.order(),
+            rows.max(1) - 1
+        );
+        let found = self
+            .db
+            .query_ints(sql, int_params(params))
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(found.first().and_then(|row| row[0]).map(|k| k as u64))
+    }
+
     async fn checksum(
         &self,
         keys: RangeInclusive<u64>,
         hashes: Option<Range<i64>>,
     ) -> Result<Checksum, ShardError> {
-        let key = match self.kind {
-            Kind::Tweets => "id",
-            Kind::Timelines => "user_id",
-        };
+        let key = self.key_column();
         let mut filter = format!("{key} >= ? AND {key} <= ?");
         let mut params = vec![*keys.start() as i64, *keys.end() as i64];
-        if let Some(range) = hashes {
-            filter.push_str(" AND hash >= ? AND hash < ?");
-            params.extend([range.start, range.end]);
+        push_hash_filter(&mut filter, &mut params, hashes);
+        if let Database::Sqlite { .. } = self.db {
+            // SQLite has no CRC32: sum the same per-row CRC32 here instead.
+            let rows = self.select(&filter, params, None).await?;
+            let digest = rows.iter().map(Row::crc).fold(0u64, u64::wrapping_add);
+            return Ok(Checksum {
+                rows: rows.len() as u64,
+                digest,
+            });
         }
-        let rows = self.select(&filter, params, None).await?;
-        let digest = rows
-            .iter()
-            .fold(0u64, |sum, row| sum.wrapping_add(row.crc()));
+        // Summed in the database, so a diff ships two integers per chunk, not its rows.
+        let sql = format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CRC32({})), 0) AS SIGNED) FROM {} WHERE {filter}",
+            self.crc_text(),
+            self.table
+        );
+        let found = self
+            .db
+            .query_ints(sql, int_params(params))
+            .await
+            .map_err(|e| self.err(e))?;
+        let row = found.first().map(Vec::as_slice).unwrap_or_default();
+        let int = |i: usize| row.get(i).copied().flatten().unwrap_or(0) as u64;
         Ok(Checksum {
-            rows: rows.len() as u64,
-            digest,
+            rows: int(0),
+            digest: int(1),
         })
     }
 

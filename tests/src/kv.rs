@@ -216,6 +216,10 @@ impl PhysicalShard for KvShard {
         row.key
     }
 
+    fn cursor_past(key: u64) -> u64 {
+        key
+    }
+
     async fn read_page(
         &self,
         after: Option<u64>,
@@ -232,6 +236,28 @@ impl PhysicalShard for KvShard {
             self.merge(chunk).await?;
         }
         Ok(())
+    }
+
+    async fn chunk_end(
+        &self,
+        after: Option<u64>,
+        rows: usize,
+        hashes: Option<Range<i64>>,
+    ) -> Result<Option<u64>, ShardError> {
+        let mut params = vec![after.map_or(-1, |k| k as i64)];
+        let sql = format!(
+            "SELECT k FROM {} WHERE k > ?{} ORDER BY k LIMIT 1 OFFSET {}",
+            self.table,
+            hash_filter(&hashes, &mut params),
+            rows.max(1) - 1
+        );
+        let params = params.into_iter().map(Param::Int).collect();
+        let found = self
+            .db
+            .query_ints(sql, params)
+            .await
+            .map_err(|e| ShardError::from_db(&self.id, e))?;
+        Ok(found.first().and_then(|row| row[0]).map(|k| k as u64))
     }
 
     async fn checksum(

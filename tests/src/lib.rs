@@ -7,6 +7,8 @@
 //!   running the key-value application).
 //! - [`kv`]: a small key-value application on Gizzard, to exercise the framework on real
 //!   tables.
+//! - [`tweets`]: a T-Bird cluster with in-process servers, and a writer that keeps a ledger
+//!   of acknowledged posts, for migration tests and benchmarks.
 //! - [`binary`]: builds and locates the workspace's binaries, for tests that run a daemon as
 //!   a real process (to SIGKILL it).
 
@@ -14,5 +16,6 @@ pub mod binary;
 pub mod cluster;
 pub mod kv;
 pub mod mariadb;
+pub mod tweets;
 
 pub use mariadb::{HarnessError, MariaDb};

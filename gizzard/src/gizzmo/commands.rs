@@ -86,6 +86,7 @@ async fn execute(global: &Global, command: Command) -> anyhow::Result<String> {
             }
         }
         Command::Jobs(command) => jobs(&mut client, command, json).await?,
+        Command::Migration(command) => super::migrations::run(&mut client, command, json).await?,
         change => {
             let topology = plan::topology_from_pb(dump(&mut client).await?)?;
             let (summary, changes) = changes(&topology, change)?;
@@ -207,6 +208,10 @@ fn changes(
         ),
         Command::MarkBusy { shard } => one(format!("marked {shard} busy"), busy(shard, true)),
         Command::MarkIdle { shard } => one(format!("marked {shard} idle"), busy(shard, false)),
+        Command::RemoveReplica { shard } => Ok((
+            format!("removed replica {shard}"),
+            plan::remove_replica(topology, &shard)?,
+        )),
         other => bail!("{other:?} changes nothing"),
     }
 }

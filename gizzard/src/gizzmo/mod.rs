@@ -6,10 +6,12 @@
 //! - [`client`]: the connection, with a deadline on every call and the bearer token.
 //! - [`plan`]: batches of changes built from a dump (new tables, wrapping and unwrapping),
 //!   each sent as one atomic `Apply`.
-//! - `commands`: what each command does; `render`: tables, trees and JSON.
+//! - `commands`: what each command does; `migrations`: starting and watching migrations;
+//!   `render`: tables, trees and JSON.
 
 pub mod client;
 mod commands;
+mod migrations;
 pub mod plan;
 mod render;
 
@@ -192,6 +194,146 @@ pub enum Command {
     /// Inspect and control the job queue.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Remove a replica (a leaf under a ReplicatingShard that keeps at least one other).
+    RemoveReplica {
+        /// The leaf, HOST/PREFIX (its table is kept on the host).
+        shard: ShardId,
+    },
+    #[command(flatten)]
+    Migration(MigrationCommand),
+}
+
+/// Migrations: they run in the servers' job workers; these commands start them and watch.
+#[derive(Debug, Subcommand)]
+pub enum MigrationCommand {
+    /// Move a replica to another host: copy behind a WriteOnly node, diff, cut over, remove
+    /// the old one.
+    Move {
+        /// The leaf to move, HOST/PREFIX.
+        shard: ShardId,
+        /// The host to move it to.
+        #[arg(long)]
+        to: String,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Add a replica of a leaf's tree on another host, copied from that leaf.
+    AddReplica {
+        /// A leaf of the tree, HOST/PREFIX.
+        shard: ShardId,
+        /// The host of the new replica.
+        #[arg(long)]
+        on: String,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Split a range: its upper part moves to a new tree on the same hosts.
+    Split {
+        /// The table.
+        table: i32,
+        /// Base id of the forwarding to split, decimal or 0x hex.
+        #[arg(value_parser = parse_base_id)]
+        base_id: i64,
+        /// First hash of the moved part [default: the middle of the range].
+        #[arg(long, value_parser = parse_base_id)]
+        at: Option<i64>,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Copy one leaf's rows into another (merging: newer versions and tombstones win).
+    Copy {
+        /// The leaf copied from.
+        from: ShardId,
+        /// The leaf copied into.
+        to: ShardId,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Compare two replicas by chunk checksums and list the keys that differ (exit 1 if any).
+    Diff {
+        /// One leaf.
+        a: ShardId,
+        /// The other leaf.
+        b: ShardId,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Make two replicas agree, rewriting only the keys that differ.
+    Repair {
+        /// One leaf.
+        a: ShardId,
+        /// The other leaf.
+        b: ShardId,
+        /// Start it and return without watching.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Even out leaves per host (by write weight) with moves run a few at a time; rerun it to
+    /// follow a rebalance already running.
+    #[command(args_conflicts_with_subcommands = true)]
+    Rebalance {
+        #[command(subcommand)]
+        action: Option<RebalanceAction>,
+        #[command(flatten)]
+        args: RebalanceArgs,
+    },
+    /// Follow a migration until it ends.
+    Watch {
+        /// Migration id.
+        id: u64,
+    },
+    /// Show a migration (a rebalance with its moves).
+    #[command(name = "migration")]
+    Show {
+        /// Migration id.
+        id: u64,
+    },
+    /// Stop a migration; before its cutover it is rolled back.
+    Cancel {
+        /// Migration id.
+        id: u64,
+    },
+    /// List running migrations.
+    #[command(name = "migrations")]
+    List {
+        /// List finished ones too.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// `rebalance status` and `rebalance cancel`.
+#[derive(Debug, Subcommand)]
+pub enum RebalanceAction {
+    /// Show the running rebalance and its moves.
+    Status,
+    /// Stop the running rebalance; moves before their cutover roll back.
+    Cancel,
+}
+
+/// Flags of `rebalance`.
+#[derive(Debug, Args)]
+pub struct RebalanceArgs {
+    /// Hosts to even out, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Print the plan only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Moves running at once [default: 2].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub max_copies: u32,
+    /// Moves running at once that read from or write to one host [default: 1].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub copies_per_host: u32,
+    /// Start it and return without watching.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// Flags of `create-table`.

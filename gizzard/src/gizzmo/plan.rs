@@ -233,6 +233,53 @@ pub fn wrap(
     Ok(changes)
 }
 
+/// Returns the changes that remove leaf `id` from its Replicating parent, which must keep
+/// another readable replica. Retry jobs still aimed at it go to the tree's other leaves.
+pub fn remove_replica(topology: &Topology, id: &ShardId) -> anyhow::Result<Vec<Change>> {
+    let info = topology
+        .shards
+        .get(id)
+        .with_context(|| format!("shard {id} does not exist"))?;
+    ensure!(
+        matches!(
+            NodeKind::from_class_name(&info.class_name),
+            NodeKind::Leaf(_)
+        ),
+        "{id} is a {}, not a leaf",
+        info.class_name
+    );
+    ensure!(!info.busy, "{id} is busy with a migration");
+    let parents: Vec<(&ShardId, u32)> = topology.parents(id).collect();
+    let [(parent, _)] = parents.as_slice() else {
+        bail!(
+            "{id} has {} parents; it must have one ReplicatingShard parent",
+            parents.len()
+        );
+    };
+    let parent_class = &topology.shards[*parent].class_name;
+    ensure!(
+        NodeKind::from_class_name(parent_class) == NodeKind::Replicating,
+        "{id} sits under {parent}, a {parent_class}, not a ReplicatingShard"
+    );
+    let readable_others = topology
+        .children(parent)
+        .filter(|(child, weight)| *child != id && *weight > 0)
+        .count();
+    ensure!(
+        readable_others > 0,
+        "{id} is the last readable replica of {parent}; add another first"
+    );
+    let changes = vec![
+        Change::RemoveLink {
+            up: (*parent).clone(),
+            down: id.clone(),
+        },
+        Change::DeleteShard(id.clone()),
+    ];
+    check(topology, &changes)?;
+    Ok(changes)
+}
+
 /// Returns the changes that remove wrapper `id` and put its only child in its place (under
 /// its parents, with their weights, and in its forwardings), with the child's id.
 pub fn unwrap(topology: &Topology, id: &ShardId) -> anyhow::Result<(ShardId, Vec<Change>)> {

@@ -5,6 +5,7 @@
 //! - [`service`]: the service, with bearer-token checks on every call that changes anything.
 
 pub mod convert;
+mod migrations;
 pub mod service;
 
 pub use service::{Manager, ManagerParts, Materializer};

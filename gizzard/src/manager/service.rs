@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::{
+    migrate::MigrationStore,
     nameserver::{
         Change, Host, NameServer, NameServerError, Routing, ShardInfo, ShardTypes, TopologyError,
         hash,
@@ -46,9 +47,10 @@ impl<S: PhysicalShard> Materializer for ShardRouter<S> {
 /// Serves the admin API of one proxy.
 #[derive(Clone)]
 pub struct Manager {
-    nameserver: NameServer,
+    pub(super) nameserver: NameServer,
     routing: Arc<Routing>,
-    queue: JobQueue,
+    pub(super) queue: JobQueue,
+    pub(super) migrations: MigrationStore,
     types: ShardTypes,
     materializer: Arc<dyn Materializer>,
     token: Option<String>,
@@ -69,6 +71,7 @@ pub struct ManagerParts {
     pub nameserver: NameServer,
     pub routing: Arc<Routing>,
     pub queue: JobQueue,
+    pub migrations: MigrationStore,
     pub types: ShardTypes,
     pub materializer: Arc<dyn Materializer>,
 }
@@ -81,6 +84,7 @@ impl Manager {
             nameserver,
             routing,
             queue,
+            migrations,
             types,
             materializer,
         } = parts;
@@ -88,6 +92,7 @@ impl Manager {
             nameserver,
             routing,
             queue,
+            migrations,
             types,
             materializer,
             token,
@@ -136,7 +141,7 @@ impl Manager {
         pb::shard_manager_server::ShardManagerServer::new(self).max_decoding_message_size(64 << 20)
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    pub(super) fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -159,7 +164,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn nameserver_status(err: NameServerError) -> Status {
+pub(super) fn nameserver_status(err: NameServerError) -> Status {
     match &err {
         NameServerError::Rejected { .. } | NameServerError::Invalid(_) => {
             Status::failed_precondition(err.to_string())
@@ -170,7 +175,7 @@ fn nameserver_status(err: NameServerError) -> Status {
     }
 }
 
-fn queue_status(err: QueueError) -> Status {
+pub(super) fn queue_status(err: QueueError) -> Status {
     match &err {
         QueueError::InvalidJob(_) | QueueError::Parse(_) => {
             Status::invalid_argument(err.to_string())
@@ -367,6 +372,40 @@ impl ShardManager for Manager {
             self.queue.resume(priority).await.map_err(queue_status)?;
         }
         self.queue_status().await
+    }
+
+    async fn start_migration(
+        &self,
+        request: Request<pb::StartMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.authorize(&request)?;
+        self.start(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.migration(request.into_inner().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_migrations(
+        &self,
+        request: Request<pb::ListMigrationsRequest>,
+    ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
+        self.list(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn cancel_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.authorize(&request)?;
+        self.cancel(request.into_inner().id)
+            .await
+            .map(Response::new)
     }
 
     async fn get_queue_status(

@@ -27,6 +27,11 @@ pub type JobFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobFailure>> + S
 pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job` once. It must be idempotent: a job may run again after a crash.
     fn run<'a>(&'a self, job: &'a ClaimedJob) -> JobFuture<'a>;
+
+    /// The longest `job` may run, when it differs from the pool's `job_timeout`.
+    fn timeout(&self, _job: &ClaimedJob) -> Option<Duration> {
+        None
+    }
 }
 
 /// Why a run failed, and whether it counts towards the error limit.
@@ -187,7 +192,10 @@ impl Worker {
                 return;
             }
         }
-        let timeout = self.settings.job_timeout;
+        let timeout = self
+            .runner
+            .timeout(&job)
+            .unwrap_or(self.settings.job_timeout);
         // The runner is called inside the block, so a panic while making the future is
         // caught too.
         let run = AssertUnwindSafe(async { self.runner.run(&job).await }).catch_unwind();

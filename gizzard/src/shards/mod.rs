@@ -71,9 +71,9 @@ impl ShardError {
                 shard,
                 reason: e.to_string(),
             },
-            DbError::Sqlite(e) => Self::Query {
+            DbError::Sqlite(_) | DbError::Value(_) => Self::Query {
                 shard,
-                message: e.to_string(),
+                message: err.to_string(),
             },
             DbError::Url { .. } | DbError::Task(_) => Self::Unavailable {
                 shard,

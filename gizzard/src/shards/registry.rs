@@ -45,6 +45,9 @@ pub trait PhysicalShard: Send + Sync + 'static {
     /// Returns the cursor just past `row`.
     fn cursor_of(row: &Self::Row) -> Self::Cursor;
 
+    /// Returns the cursor past every row of `key`, so a page can start at the next key.
+    fn cursor_past(key: u64) -> Self::Cursor;
+
     /// Returns up to `limit` rows after `after` (from the first when `None`), in cursor order,
     /// only those whose hash is in `hashes` when given.
     fn read_page(
@@ -58,6 +61,16 @@ pub trait PhysicalShard: Send + Sync + 'static {
     /// copying a row twice or over a newer one changes nothing.
     fn write_rows(&self, rows: &[Self::Row])
     -> impl Future<Output = Result<(), ShardError>> + Send;
+
+    /// Returns the key that ends a chunk of about `rows` rows after key `after` (from the
+    /// first key when `None`), counting only rows whose hash is in `hashes` when given; `None`
+    /// when fewer rows remain. Diffs cut a shard into chunks with it.
+    fn chunk_end(
+        &self,
+        after: Option<u64>,
+        rows: usize,
+        hashes: Option<Range<i64>>,
+    ) -> impl Future<Output = Result<Option<u64>, ShardError>> + Send;
 
     /// Returns the checksum of the rows with keys in `keys` (and hashes in `hashes`).
     fn checksum(

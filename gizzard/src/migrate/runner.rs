@@ -1,0 +1,720 @@
+//! [`Migrator`]: runs migrations as jobs of the durable queue. A migration's job is claimed
+//! by one worker of one server at a time (the queue's lease); the run takes ownership of the
+//! migration's row, works through the workflow's steps and saves its progress after every
+//! page. When the server dies, the lease ends, another server's worker claims the job and
+//! resumes from the saved step and cursor. Every topology step is one atomic batch that is
+//! skipped when a crashed run already applied it.
+//!
+//! A migration only ever adds a write target (behind a WriteOnly node) before copying, waits
+//! `settle` so every server routes with that change, and cuts over only after the copy, a
+//! clean diff and an empty retry queue for the shards involved. A cancel before the cutover
+//! removes what was added: the old shards received every write all along.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{
+    model::{HashRange, Migration, MigrationId, MovePlan, Plan, Progress, SplitPlan, Status, Step},
+    ops::{self, Copier, Differ, MAX_KEY, Tuning},
+    plan,
+    store::{MigrationStore, StoreError},
+};
+use crate::{
+    nameserver::{Change, NameServer, Routing, ShardId, Topology},
+    scheduler::{ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, NewJob, Priority},
+    shards::{PhysicalShard, ShardError, ShardRouter},
+};
+
+/// The job type of migrations.
+pub const JOB_TYPE: &str = "gizzard.migration";
+
+/// The payload of a migration's job.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobPayload {
+    migration: MigrationId,
+}
+
+/// Returns the job that runs migration `id`.
+pub fn job(id: MigrationId) -> NewJob {
+    NewJob::json(Priority::Copy, JOB_TYPE, &JobPayload { migration: id })
+        .expect("a migration payload encodes")
+}
+
+/// How migrations run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationSettings {
+    /// How long after a topology change every server is assumed to route with it: a few poll
+    /// intervals.
+    pub settle: Duration,
+    pub tuning: Tuning,
+    /// Rows a copy moves per second at most; `None` for as fast as the shards go.
+    pub rows_per_second: Option<u64>,
+    /// How often a waiting step looks again (retry queue, child migrations).
+    pub poll: Duration,
+    /// Repair rounds before a migration whose replicas keep differing fails.
+    pub max_repair_rounds: u32,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(3),
+            tuning: Tuning::default(),
+            rows_per_second: None,
+            poll: Duration::from_millis(250),
+            max_repair_rounds: 5,
+        }
+    }
+}
+
+/// Why a run stopped before finishing.
+#[derive(Debug)]
+enum Stop {
+    /// An operator asked to cancel.
+    Cancelled,
+    /// The migration cannot go on; it is rolled back and marked failed.
+    Failed(String),
+    /// A shard or the nameserver failed for now; the job retries and resumes.
+    Retry(String),
+    /// Another run took the migration over.
+    Lost,
+}
+
+impl From<StoreError> for Stop {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Lost(_) => Stop::Lost,
+            err => Stop::Retry(err.to_string()),
+        }
+    }
+}
+
+impl From<ShardError> for Stop {
+    fn from(err: ShardError) -> Self {
+        Stop::Retry(err.to_string())
+    }
+}
+
+/// Runs migration jobs for shards of type `S`. Cheap to clone.
+pub struct Migrator<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Migrator<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<S> {
+    nameserver: NameServer,
+    routing: Arc<Routing>,
+    router: Arc<ShardRouter<S>>,
+    queue: JobQueue,
+    store: MigrationStore,
+    settings: MigrationSettings,
+}
+
+impl<S: PhysicalShard> Migrator<S> {
+    pub fn new(
+        routing: Arc<Routing>,
+        router: Arc<ShardRouter<S>>,
+        queue: JobQueue,
+        store: MigrationStore,
+        settings: MigrationSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                nameserver: routing.nameserver().clone(),
+                routing,
+                router,
+                queue,
+                store,
+                settings,
+            }),
+        }
+    }
+
+    /// Runs migration `id` as `owner` until it ends or must wait for a retry of its job.
+    async fn run(&self, id: MigrationId, owner: String) -> Result<(), JobFailure> {
+        let migration = match self.inner.store.take(id, &owner).await {
+            Ok(migration) => migration,
+            // Finished by an earlier run whose job was not completed: nothing to do.
+            Err(StoreError::NotRunning { .. }) => return Ok(()),
+            Err(err) => return Err(JobFailure::counted(err.to_string())),
+        };
+        let mut run = Run {
+            migrator: self,
+            id,
+            owner,
+            progress: migration.progress.clone(),
+        };
+        // A rebalance still drives its running moves through their own cancellation.
+        let rebalance = matches!(migration.plan, Plan::Rebalance(_));
+        let outcome = if migration.cancel_requested && !rebalance {
+            Err(Stop::Cancelled)
+        } else {
+            run.execute(&migration.plan).await
+        };
+        run.conclude(&migration, outcome).await
+    }
+}
+
+impl<S: PhysicalShard> JobRunner for Migrator<S> {
+    fn run<'a>(&'a self, job: &'a ClaimedJob) -> JobFuture<'a> {
+        Box::pin(async move {
+            let payload: JobPayload = job
+                .decode()
+                .map_err(|e| JobFailure::counted(e.to_string()))?;
+            let owner = format!("{}#{}", job.owner, job.id);
+            Migrator::run(self, payload.migration, owner).await
+        })
+    }
+
+    fn timeout(&self, _job: &ClaimedJob) -> Option<Duration> {
+        // A migration runs as long as its data takes; its lease heartbeat and saved progress
+        // cover a server that dies, and operators cancel it instead.
+        Some(Duration::from_secs(7 * 24 * 3600))
+    }
+}
+
+/// One run of one migration.
+struct Run<'a, S> {
+    migrator: &'a Migrator<S>,
+    id: MigrationId,
+    owner: String,
+    progress: Progress,
+}
+
+impl<S: PhysicalShard> Run<'_, S> {
+    fn inner(&self) -> &Inner<S> {
+        &self.migrator.inner
+    }
+
+    /// Saves progress; stops the run when an operator asked to cancel.
+    async fn save(&mut self) -> Result<(), Stop> {
+        let cancel = self
+            .inner()
+            .store
+            .save(self.id, &self.owner, &self.progress)
+            .await?;
+        if cancel { Err(Stop::Cancelled) } else { Ok(()) }
+    }
+
+    async fn step(&mut self, step: Step) -> Result<(), Stop> {
+        tracing::info!(migration = self.id, step = step.as_str(), "migration step");
+        self.progress.step = step;
+        self.progress.note.clear();
+        self.save().await
+    }
+
+    async fn execute(&mut self, plan: &Plan) -> Result<(), Stop> {
+        match plan {
+            Plan::Copy { from, to, hashes } => {
+                if self.progress.step != Step::Copy {
+                    self.step(Step::Copy).await?;
+                }
+                self.copy_step(from, std::slice::from_ref(to), *hashes)
+                    .await
+            }
+            Plan::Diff { a, b, hashes } | Plan::Repair { a, b, hashes } => {
+                // A resumed diff starts over: it keeps no cursor.
+                self.progress.rows_compared = 0;
+                let repair = matches!(plan, Plan::Repair { .. });
+                self.step(Step::Diff).await?;
+                self.diff_step(a, b, *hashes, repair).await.map(drop)
+            }
+            Plan::Move(plan) => self.run_move(plan).await,
+            Plan::Split(plan) => self.run_split(plan).await,
+            Plan::Rebalance(plan) => self.run_rebalance(plan).await,
+        }
+    }
+
+    /// Records how the run ended; rolls back a workflow that stops before its cutover.
+    async fn conclude(
+        mut self,
+        migration: &Migration,
+        outcome: Result<(), Stop>,
+    ) -> Result<(), JobFailure> {
+        let (status, error) = match outcome {
+            Ok(()) => (Status::Done, None),
+            Err(Stop::Lost) => {
+                tracing::warn!(migration = self.id, "migration taken over; this run stops");
+                return Ok(());
+            }
+            Err(Stop::Retry(reason)) => {
+                tracing::warn!(migration = self.id, %reason, "migration paused; its job retries");
+                self.progress.note = format!("waiting to retry: {reason}");
+                let _ = self
+                    .inner()
+                    .store
+                    .save(self.id, &self.owner, &self.progress)
+                    .await;
+                return Err(JobFailure::counted(reason));
+            }
+            Err(Stop::Cancelled) => (Status::Cancelled, Some("cancelled by an operator".into())),
+            Err(Stop::Failed(reason)) => (Status::Failed, Some(reason)),
+        };
+        if status != Status::Done
+            && let Err(err) = self.roll_back(&migration.plan).await
+        {
+            // The job retries the rollback; the migration stays running until it lands.
+            return Err(JobFailure::counted(format!("roll back: {err}")));
+        }
+        self.progress.step = Step::Finished;
+        self.progress.note.clear();
+        self.inner()
+            .store
+            .finish(
+                self.id,
+                &self.owner,
+                status,
+                &self.progress,
+                error.as_deref(),
+            )
+            .await
+            .map_err(|e| JobFailure::counted(e.to_string()))?;
+        tracing::info!(migration = self.id, %status, "migration ended");
+        Ok(())
+    }
+
+    /// Undoes a workflow's prepare step, unless its cutover already happened.
+    async fn roll_back(&self, plan: &Plan) -> Result<(), String> {
+        let topology = self.topology().await.map_err(|e| format!("{e:?}"))?;
+        let changes = match plan {
+            Plan::Move(m) if topology.shards.contains_key(&m.wrapper) => plan::move_rollback(m),
+            Plan::Split(s) if topology.shards.contains_key(&s.bridge) => plan::split_rollback(s),
+            _ => return Ok(()),
+        };
+        self.apply(&changes).await.map_err(|e| format!("{e:?}"))
+    }
+
+    async fn topology(&self) -> Result<Arc<Topology>, Stop> {
+        let snapshot = self.inner().routing.current();
+        if snapshot.version == self.inner().nameserver.version().await.map_err(retry)? {
+            return Ok(snapshot.topology.clone());
+        }
+        self.inner().routing.reload().await.map_err(retry)?;
+        Ok(self.inner().routing.current().topology.clone())
+    }
+
+    /// Creates the tables of new leaves, applies `changes` as one batch and reloads.
+    async fn apply(&self, changes: &[Change]) -> Result<(), Stop> {
+        let inner = self.inner();
+        let topology = self.topology().await?;
+        for change in changes {
+            if let Change::CreateShard(info) = change
+                && let Some(host) = topology.hosts.get(&info.id.hostname)
+                && inner
+                    .router
+                    .registry()
+                    .shard_types()
+                    .is_leaf(&info.class_name)
+            {
+                inner
+                    .router
+                    .materialize(info, host)
+                    .await
+                    .map_err(|e| Stop::Retry(format!("create {}: {e}", info.id)))?;
+            }
+        }
+        let types = inner.router.registry().shard_types();
+        match inner.nameserver.apply(changes, &types).await {
+            Ok(version) => tracing::info!(migration = self.id, version, "topology changed"),
+            Err(err) if err.topology_error().is_some() => {
+                return Err(Stop::Failed(format!("topology change refused: {err}")));
+            }
+            Err(err) => return Err(retry(err)),
+        }
+        inner.routing.reload().await.map_err(retry)?;
+        Ok(())
+    }
+
+    async fn leaf(&self, id: &ShardId) -> Result<Arc<S>, Stop> {
+        self.inner()
+            .router
+            .leaf(id)
+            .await
+            .map(|leaf| leaf.shard)
+            .map_err(|e| Stop::Failed(format!("{id}: {e}")))
+    }
+
+    async fn settle(&mut self, next: Step) -> Result<(), Stop> {
+        self.progress.note = "waiting for every server to load the new topology".into();
+        self.save().await?;
+        tokio::time::sleep(self.inner().settings.settle).await;
+        self.step(next).await
+    }
+
+    /// Copies `from` into `to`, resuming at the saved cursor.
+    async fn copy_step(
+        &mut self,
+        from: &ShardId,
+        to: &[ShardId],
+        hashes: Option<HashRange>,
+    ) -> Result<(), Stop> {
+        let source = self.leaf(from).await?;
+        let mut targets = Vec::new();
+        for id in to {
+            targets.push(self.leaf(id).await?);
+        }
+        if self.progress.rows_total == 0 {
+            let total = source
+                .checksum(0..=MAX_KEY, hashes.map(HashRange::range))
+                .await?;
+            self.progress.rows_total = total.rows;
+        }
+        let cursor = match &self.progress.cursor {
+            Some(value) => Some({
+                self.progress.resumes += 1;
+                tracing::info!(
+                    migration = self.id,
+                    rows = self.progress.rows_copied,
+                    "copy resumes at its saved cursor"
+                );
+                serde_json::from_value::<S::Cursor>(value.clone())
+                    .map_err(|e| Stop::Failed(format!("unreadable copy cursor: {e}")))?
+            }),
+            None => None,
+        };
+        let settings = self.inner().settings.clone();
+        let mut copier = Copier::new(
+            &*source,
+            &targets,
+            hashes.map(HashRange::range),
+            cursor,
+            &settings.tuning,
+            settings.rows_per_second,
+        );
+        while let Some(page) = copier.next_page().await? {
+            self.progress.cursor = serde_json::to_value(&page.cursor).ok();
+            self.progress.rows_copied += page.rows as u64;
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Diffs `a` and `b`, records what differs and, when `repair`, repairs it. Returns the
+    /// number of differing keys.
+    async fn diff_step(
+        &mut self,
+        a: &ShardId,
+        b: &ShardId,
+        hashes: Option<HashRange>,
+        repair: bool,
+    ) -> Result<u64, Stop> {
+        let (shard_a, shard_b) = (self.leaf(a).await?, self.leaf(b).await?);
+        let tuning = self.inner().settings.tuning.clone();
+        let mut differ = Differ::new(&*shard_a, &*shard_b, hashes.map(HashRange::range), &tuning);
+        let mut differences = Vec::new();
+        while let Some(chunk) = differ.next_chunk().await? {
+            self.progress.rows_compared += chunk.compared;
+            differences.extend(chunk.differences);
+            self.save().await?;
+        }
+        let found = differences.len() as u64;
+        self.progress.differing = found;
+        self.progress.differing_keys = differences
+            .iter()
+            .take(super::model::MAX_REPORTED_KEYS)
+            .map(|d| d.key)
+            .collect();
+        if repair && found > 0 {
+            self.progress.repaired += ops::repair(&*shard_a, &*shard_b, &differences).await?;
+        }
+        self.save().await?;
+        Ok(found)
+    }
+
+    /// Waits until no retry job targets any of `shards`.
+    async fn drain(&mut self, shards: &[&ShardId]) -> Result<(), Stop> {
+        loop {
+            let mut waiting = Vec::new();
+            for shard in shards {
+                let pending = self
+                    .inner()
+                    .queue
+                    .pending_for_shard(&shard.to_string())
+                    .await
+                    .map_err(retry)?;
+                if pending > 0 {
+                    waiting.push(format!("{pending} on {shard}"));
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            self.progress.note = format!(
+                "waiting for retry jobs ({}); `gizzmo jobs list` shows them, bad ones need a retry or purge",
+                waiting.join(", ")
+            );
+            self.save().await?;
+            tokio::time::sleep(self.inner().settings.poll).await;
+        }
+    }
+
+    /// Diffs and repairs `source` against each target until a diff comes back clean after
+    /// the retry queue drained.
+    async fn verify(
+        &mut self,
+        source: &ShardId,
+        targets: &[ShardId],
+        hashes: Option<HashRange>,
+        drain: &[&ShardId],
+    ) -> Result<(), Stop> {
+        loop {
+            self.drain(drain).await?;
+            let mut differing = 0;
+            self.progress.rows_compared = 0;
+            for target in targets {
+                differing += self.diff_step(source, target, hashes, true).await?;
+            }
+            if differing == 0 {
+                return Ok(());
+            }
+            self.progress.diff_rounds += 1;
+            if self.progress.diff_rounds > self.inner().settings.max_repair_rounds {
+                return Err(Stop::Failed(format!(
+                    "replicas still differ after {} repair rounds (keys {:?})",
+                    self.progress.diff_rounds - 1,
+                    self.progress.differing_keys
+                )));
+            }
+            tracing::info!(
+                migration = self.id,
+                differing,
+                "repaired differences; diffing again"
+            );
+        }
+    }
+
+    async fn run_move(&mut self, m: &MovePlan) -> Result<(), Stop> {
+        loop {
+            match self.progress.step {
+                Step::Prepare => {
+                    if !self.topology().await?.shards.contains_key(&m.wrapper) {
+                        self.apply(&plan::move_prepare(m)).await?;
+                    }
+                    self.step(Step::Settle).await?;
+                }
+                Step::Settle => self.settle(Step::Copy).await?,
+                Step::Copy => {
+                    self.copy_step(&m.source, std::slice::from_ref(&m.target), None)
+                        .await?;
+                    self.step(Step::Diff).await?;
+                }
+                Step::Drain | Step::Diff => {
+                    let drain = [&m.source, &m.target];
+                    self.verify(&m.source, std::slice::from_ref(&m.target), None, &drain)
+                        .await?;
+                    self.step(Step::Cutover).await?;
+                }
+                Step::Cutover => {
+                    if self.topology().await?.shards.contains_key(&m.wrapper) {
+                        self.apply(&plan::move_cutover(m)).await?;
+                    }
+                    self.step(Step::Finished).await?;
+                }
+                Step::Cleanup | Step::Children | Step::Finished => return Ok(()),
+            }
+        }
+    }
+
+    async fn run_split(&mut self, s: &SplitPlan) -> Result<(), Stop> {
+        let hashes = Some(s.moved);
+        loop {
+            match self.progress.step {
+                Step::Prepare => {
+                    if !self.topology().await?.shards.contains_key(&s.bridge) {
+                        self.apply(&plan::split_prepare(s)).await?;
+                    }
+                    self.step(Step::Settle).await?;
+                }
+                Step::Settle => self.settle(Step::Copy).await?,
+                Step::Copy => {
+                    self.copy_step(&s.source, &s.new_leaves, hashes).await?;
+                    self.step(Step::Diff).await?;
+                }
+                Step::Drain | Step::Diff => {
+                    let drain: Vec<&ShardId> = s.old_leaves.iter().chain(&s.new_leaves).collect();
+                    self.verify(&s.source, &s.new_leaves, hashes, &drain)
+                        .await?;
+                    self.step(Step::Cutover).await?;
+                }
+                Step::Cutover => {
+                    if self.topology().await?.shards.contains_key(&s.bridge) {
+                        self.apply(&plan::split_cutover(s)).await?;
+                    }
+                    self.step(Step::Cleanup).await?;
+                }
+                Step::Cleanup => {
+                    // After the settle no server reads the old tree for the moved range, so
+                    // its copies of those rows can go.
+                    self.progress.note = "waiting for every server to route to the new tree".into();
+                    self.save_ignoring_cancel().await?;
+                    tokio::time::sleep(self.inner().settings.settle).await;
+                    for leaf in &s.old_leaves {
+                        let shard = self.leaf(leaf).await?;
+                        let deleted = shard.delete_hash_range(s.moved.range()).await?;
+                        tracing::info!(migration = self.id, shard = %leaf, deleted, "split cleanup");
+                    }
+                    self.progress.step = Step::Finished;
+                    self.save_ignoring_cancel().await?;
+                }
+                Step::Children | Step::Finished => return Ok(()),
+            }
+        }
+    }
+
+    /// Saves progress after the cutover, when a cancel has nothing left to undo.
+    async fn save_ignoring_cancel(&mut self) -> Result<(), Stop> {
+        match self.save().await {
+            Err(Stop::Cancelled) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Runs the planned moves as child migrations, at most `max_copies` at once and
+    /// `copies_per_host` per host, in this job. A resumed run picks up the children it had
+    /// started.
+    async fn run_rebalance(&mut self, plan: &super::model::RebalancePlan) -> Result<(), Stop> {
+        if self.progress.children.len() != plan.moves.len() {
+            self.progress.children = vec![None; plan.moves.len()];
+            self.step(Step::Children).await?;
+        }
+        let mut running: JoinSet<MigrationId> = JoinSet::new();
+        let mut live: BTreeMap<MigrationId, usize> = BTreeMap::new();
+        let mut cancelled = false;
+        loop {
+            let statuses = self.child_statuses().await?;
+            // Running children without a task here (a resumed run's, or one whose job must
+            // retry) are started again.
+            for (i, child) in self.progress.children.iter().enumerate() {
+                if let Some(id) = child
+                    && statuses.get(id) == Some(&Status::Running)
+                    && !live.contains_key(id)
+                {
+                    live.insert(*id, i);
+                    running.spawn(self.child_task(*id));
+                }
+            }
+            if !cancelled {
+                self.start_children(plan, &mut live, &mut running).await?;
+            }
+            let done = self
+                .progress
+                .children
+                .iter()
+                .all(|c| c.is_some_and(|id| statuses.get(&id).is_some_and(|s| s.is_final())));
+            if done || (cancelled && live.is_empty()) {
+                break;
+            }
+            tokio::select! {
+                Some(Ok(id)) = running.join_next(), if !running.is_empty() => {
+                    live.remove(&id);
+                }
+                () = tokio::time::sleep(self.inner().settings.poll) => {}
+            }
+            match self.save().await {
+                Err(Stop::Cancelled) if !cancelled => {
+                    cancelled = true;
+                    // Flags the moves started since the operator asked, too.
+                    self.inner().store.request_cancel(self.id).await?;
+                }
+                Err(Stop::Cancelled) => {}
+                other => other?,
+            }
+        }
+        let statuses = self.child_statuses().await?;
+        let failed: Vec<String> = statuses
+            .iter()
+            .filter(|(_, s)| **s == Status::Failed)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if cancelled {
+            return Err(Stop::Cancelled);
+        }
+        if !failed.is_empty() {
+            return Err(Stop::Failed(format!(
+                "moves {} failed (gizzmo migrations show them)",
+                failed.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn child_statuses(&self) -> Result<BTreeMap<MigrationId, Status>, Stop> {
+        let children = self
+            .inner()
+            .store
+            .list(super::store::ListFilter {
+                parent: Some(self.id),
+                ..Default::default()
+            })
+            .await?;
+        Ok(children.into_iter().map(|c| (c.id, c.status)).collect())
+    }
+
+    /// Starts unstarted moves while the limits allow.
+    async fn start_children(
+        &mut self,
+        plan: &super::model::RebalancePlan,
+        live: &mut BTreeMap<MigrationId, usize>,
+        running: &mut JoinSet<MigrationId>,
+    ) -> Result<(), Stop> {
+        for i in 0..plan.moves.len() {
+            if live.len() >= plan.max_copies {
+                return Ok(());
+            }
+            if self.progress.children[i].is_some() {
+                continue;
+            }
+            let m = &plan.moves[i];
+            let busy_on = |host: &str| {
+                live.values()
+                    .filter(|&&j| {
+                        let other = &plan.moves[j];
+                        other.source.hostname == host || other.target.hostname == host
+                    })
+                    .count()
+            };
+            if busy_on(&m.source.hostname) >= plan.copies_per_host
+                || busy_on(&m.target.hostname) >= plan.copies_per_host
+            {
+                continue;
+            }
+            let id = self
+                .inner()
+                .store
+                .create(&Plan::Move(m.clone()), Some(self.id))
+                .await?;
+            self.progress.children[i] = Some(id);
+            self.save().await?;
+            live.insert(id, i);
+            running.spawn(self.child_task(id));
+        }
+        Ok(())
+    }
+
+    /// Runs child migration `id` in this job, under this run's ownership.
+    fn child_task(&self, id: MigrationId) -> impl Future<Output = MigrationId> + Send + 'static {
+        let migrator = self.migrator.clone();
+        let owner = format!("{}/{id}", self.owner);
+        async move {
+            // A child that must retry is picked up again by the rebalance's next pass.
+            if let Err(failure) = migrator.run(id, owner).await {
+                tracing::warn!(migration = id, error = %failure, "move paused; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            id
+        }
+    }
+}
+
+fn retry(err: impl std::fmt::Display) -> Stop {
+    Stop::Retry(err.to_string())
+}

@@ -1,0 +1,157 @@
+//! Migration benchmark on private MariaDB instances: a tweet shard of `ROWS` rows is copied to
+//! another host and diffed against the copy by real migration jobs, and a replica is moved
+//! while a writer posts tweets, to measure the longest write pause around the cutover.
+//!
+//! `cargo bench -p tests --bench migrations` (`BENCH_ROWS` sets the row count).
+
+use std::time::{Duration, Instant};
+
+use gizzard::{
+    manager::convert::change_to_pb,
+    nameserver::{Change, ShardInfo},
+    shards::PhysicalShard,
+};
+use proto::gizzard::v1::{self as gpb, start_migration_request::Kind};
+use tbird::{
+    store::{Row, TWEET_SHARD, TbirdShard},
+    tweet::Tweet,
+};
+use tests::tweets::{TweetCluster, TweetWriter, run_migration};
+
+fn rows() -> u64 {
+    std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000)
+}
+
+/// Loads `count` tweets of about 100 bytes straight into shard `prefix` on `url`.
+async fn load(url: &str, prefix: &str, count: u64) {
+    let db = db::Database::open(url, Duration::from_secs(60))
+        .await
+        .expect("open host");
+    let info = ShardInfo {
+        id: format!("h0/{prefix}").parse().expect("id"),
+        class_name: TWEET_SHARD.into(),
+        busy: false,
+    };
+    let shard = TbirdShard::new(&info, tbird::store::Kind::Tweets, db);
+    shard.materialize().await.expect("materialize");
+    let base = 1u64 << 40;
+    let batches: Vec<Vec<Row>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(5_000)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|i| {
+                    Row::Tweet(Tweet {
+                        id: base + i * 4_096,
+                        user_id: 1 + i % 10_000,
+                        text: format!("benchmark tweet number {i} with some words to fill it up to a hundred bytes or so."),
+                        in_reply_to: (i % 5 == 0).then_some(base + i),
+                        deleted: i % 50 == 0,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let shard = std::sync::Arc::new(shard);
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in batches {
+        let shard = shard.clone();
+        tasks.spawn(async move { shard.write_rows(&batch).await.expect("load rows") });
+        while tasks.len() >= 4 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let count = rows();
+    // One range, replicated on h0 only; h1 receives the copy.
+    let (cluster, server) = TweetCluster::start(2, 1, 1).await;
+    let mut admin = cluster.admin(&server).await;
+    let started = Instant::now();
+    load(&cluster.hosts[0].url("tbird"), "tweets_0000", count).await;
+    println!(
+        "loaded {count} tweet rows into h0/tweets_0000 in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let target = ShardInfo {
+        id: "h1/bench_copy".parse().expect("id"),
+        class_name: TWEET_SHARD.into(),
+        busy: false,
+    };
+    admin
+        .apply(gpb::ApplyRequest {
+            changes: vec![change_to_pb(&Change::CreateShard(target))],
+        })
+        .await
+        .expect("create the copy's shard");
+
+    let started = Instant::now();
+    let copy = run_migration(
+        &mut admin,
+        Kind::Copy(gpb::ShardPair {
+            a: "h0/tweets_0000".into(),
+            b: "h1/bench_copy".into(),
+            hashes: None,
+        }),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(copy.status, "done", "{copy:?}");
+    println!(
+        "copy:  {} rows in {secs:.2} s = {:.0} rows/s (goal 200,000; Vitess about 100,000)",
+        copy.rows_copied,
+        copy.rows_copied as f64 / secs
+    );
+
+    let started = Instant::now();
+    let diff = run_migration(
+        &mut admin,
+        Kind::Diff(gpb::ShardPair {
+            a: "h0/tweets_0000".into(),
+            b: "h1/bench_copy".into(),
+            hashes: None,
+        }),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(diff.status, "done", "{diff:?}");
+    assert_eq!(diff.differing, 0, "the copy is exact: {diff:?}");
+    println!(
+        "diff:  {} rows in {secs:.2} s = {:.0} rows/s per replica pair (goal 1,000,000)",
+        diff.rows_compared,
+        diff.rows_compared as f64 / secs
+    );
+
+    // The longest write pause around a cutover: move the loaded replica while posting.
+    let writes = TweetWriter::start(&server.tweets, 8, Duration::from_millis(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let moved = run_migration(
+        &mut admin,
+        Kind::Move(gpb::MoveRequest {
+            shard: "h0/tweets_0000".into(),
+            to_host: "h1".into(),
+        }),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = writes.stop().await;
+    assert_eq!(moved.status, "done", "{moved:?}");
+    println!(
+        "move:  {} rows moved in {secs:.1} s with {} posts during it, {} failed; \
+         slowest post {:.1} ms (goal: a pause under 1 s)",
+        moved.rows_copied,
+        ledger.acked.len(),
+        ledger.failures.len(),
+        ledger.slowest.as_secs_f64() * 1000.0
+    );
+}

@@ -1,0 +1,347 @@
+//! Online migrations of T-Bird's tables on real MariaDB hosts while a writer posts tweets:
+//! move, add a replica, split, rebalance from two hosts to three (with gizzmo), a server killed
+//! mid-copy and the rebalance resumed, and a cancel mid-way. Afterwards every acknowledged
+//! tweet is readable, a diff of every replica pair is clean, and no post failed.
+
+use std::time::{Duration, Instant};
+
+use gizzard::migrate::{MigrationSettings, ops::Tuning};
+use proto::gizzard::v1::{self as gpb, start_migration_request::Kind};
+use tests::tweets::{
+    Ledger, TweetCluster, TweetServer, TweetWriter, missing, run_migration, settings,
+    wait_migration,
+};
+
+/// Posts from four tasks, a few hundred a second in all.
+async fn writer(server: &TweetServer) -> TweetWriter {
+    TweetWriter::start(&server.tweets, 4, Duration::from_millis(5)).await
+}
+
+/// Checks what every migration test promises: nothing acknowledged is lost, the replicas
+/// agree, and no post failed.
+async fn check(cluster: &TweetCluster, server: &TweetServer, ledger: &Ledger) {
+    assert!(
+        ledger.acked.len() > 100,
+        "the writer posted: {}",
+        ledger.acked.len()
+    );
+    assert!(
+        ledger.failures.is_empty(),
+        "posts failed: {:?}",
+        &ledger.failures[..ledger.failures.len().min(5)]
+    );
+    let lost = missing(&server.tweets, &ledger.acked).await;
+    assert!(lost.is_empty(), "acknowledged tweets lost: {lost:?}");
+    let differing = cluster.full_diff(server).await;
+    assert!(differing.is_empty(), "replicas differ: {differing:?}");
+    eprintln!(
+        "{} posts acknowledged, slowest {:?}",
+        ledger.acked.len(),
+        ledger.slowest
+    );
+}
+
+async fn dump(cluster: &TweetCluster, server: &TweetServer) -> gpb::Topology {
+    cluster
+        .admin(server)
+        .await
+        .dump(gpb::DumpRequest {})
+        .await
+        .expect("dump")
+        .into_inner()
+}
+
+fn leaves_on(topology: &gpb::Topology, host: &str) -> Vec<String> {
+    topology
+        .shards
+        .iter()
+        .filter(|s| s.id.starts_with(&format!("{host}/")))
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_and_a_new_replica_under_load_lose_nothing() {
+    let (cluster, server) = TweetCluster::start(3, 2, 2).await;
+    let writes = writer(&server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut admin = cluster.admin(&server).await;
+
+    let moved = run_migration(
+        &mut admin,
+        Kind::Move(gpb::MoveRequest {
+            shard: "h0/tweets_0000".into(),
+            to_host: "h2".into(),
+        }),
+    )
+    .await;
+    assert_eq!(moved.status, "done", "{moved:?}");
+    assert!(moved.rows_copied > 0, "{moved:?}");
+    let added = run_migration(
+        &mut admin,
+        Kind::AddReplica(gpb::AddReplicaRequest {
+            shard: "h1/timeline_0001".into(),
+            host: "h2".into(),
+        }),
+    )
+    .await;
+    assert_eq!(added.status, "done", "{added:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = writes.stop().await;
+
+    let topology = dump(&cluster, &server).await;
+    let on_h2 = leaves_on(&topology, "h2");
+    assert_eq!(on_h2, vec!["h2/timeline_0001", "h2/tweets_0000"]);
+    assert!(!leaves_on(&topology, "h0").contains(&"h0/tweets_0000".to_owned()));
+    assert!(
+        leaves_on(&topology, "h1").contains(&"h1/timeline_0001".to_owned()),
+        "a new replica keeps its source"
+    );
+    assert!(topology.shards.iter().all(|s| !s.busy), "nothing left busy");
+    check(&cluster, &server, &ledger).await;
+
+    // A move that makes no sense is refused with the reason.
+    let refused = admin
+        .start_migration(gpb::StartMigrationRequest {
+            kind: Some(Kind::Move(gpb::MoveRequest {
+                shard: "h2/tweets_0000".into(),
+                to_host: "h1".into(),
+            })),
+        })
+        .await
+        .expect_err("h1 already holds a replica");
+    assert!(
+        refused.message().contains("already has a replica on h1"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_under_load_moves_the_upper_range_and_cleans_up() {
+    let (cluster, server) = TweetCluster::start(2, 2, 2).await;
+    let writes = writer(&server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut admin = cluster.admin(&server).await;
+    let split = run_migration(
+        &mut admin,
+        Kind::Split(gpb::SplitRequest {
+            table_id: 1,
+            base_id: 0,
+            at: None,
+        }),
+    )
+    .await;
+    assert_eq!(split.status, "done", "{split:?}");
+    assert!(split.rows_copied > 0, "{split:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = writes.stop().await;
+
+    let topology = dump(&cluster, &server).await;
+    let middle = gizzard::nameserver::base_ids(2)[1] / 2;
+    let new_root = topology
+        .forwardings
+        .iter()
+        .find(|f| f.table_id == 1 && f.base_id == middle)
+        .map(|f| f.shard_id.clone())
+        .expect("a forwarding at the split point");
+    assert!(
+        new_root.starts_with("localhost/tweets_0000_s"),
+        "{new_root}"
+    );
+    // The old tree no longer holds the moved rows.
+    for host in &cluster.hosts {
+        let mut conn = host.connect("tbird").await.expect("connect");
+        let left: Option<i64> = mysql_async::prelude::Queryable::exec_first(
+            &mut conn,
+            "SELECT COUNT(*) FROM tweets_0000_tweets WHERE hash >= ?",
+            (middle,),
+        )
+        .await
+        .expect("count");
+        assert_eq!(left, Some(0), "moved rows cleaned up");
+    }
+    check(&cluster, &server, &ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gizzmo_rebalances_two_hosts_onto_three_under_load() {
+    let (cluster, server) = TweetCluster::start(3, 2, 3).await;
+    let writes = writer(&server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = server.admin.clone();
+    let gizzmo = move |args: &[&str]| {
+        let mut all = vec!["--addr", admin.as_str()];
+        all.extend_from_slice(args);
+        std::process::Command::new(tests::binary::path("gizzard", "gizzmo"))
+            .args(&all)
+            .output()
+            .expect("run gizzmo")
+    };
+    let plan = gizzmo(&["rebalance", "--dry-run"]);
+    let plan_text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(plan.status.success(), "{plan:?}");
+    // 12 leaves on 2 hosts become 4 per host: 4 moves, all to h2.
+    assert_eq!(plan_text.matches("move h").count(), 4, "{plan_text}");
+    assert!(dump(&cluster, &server).await.shards.iter().all(|s| !s.busy));
+
+    let run = tokio::task::spawn_blocking(move || {
+        let output = gizzmo(&["rebalance", "--max-copies", "2"]);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    })
+    .await
+    .expect("gizzmo");
+    assert!(run.0, "rebalance failed: {}\n{}", run.1, run.2);
+    assert!(run.1.contains("[done]"), "{}", run.1);
+    let ledger = writes.stop().await;
+
+    let topology = dump(&cluster, &server).await;
+    for host in ["h0", "h1", "h2"] {
+        assert_eq!(leaves_on(&topology, host).len(), 4, "{host}: {topology:?}");
+    }
+    check(&cluster, &server, &ledger).await;
+}
+
+/// Copies slowly, a page of 100 rows at a time, so a test can act mid-copy.
+fn throttled(nameserver_url: &str) -> gizzard::server::ProxySettings {
+    let mut s = settings(nameserver_url);
+    s.migrations = MigrationSettings {
+        rows_per_second: Some(400),
+        tuning: Tuning {
+            page_rows: 100,
+            max_page_rows: 100,
+            ..Tuning::default()
+        },
+        ..s.migrations
+    };
+    s
+}
+
+/// Waits until some move of migration `id` (or the migration itself) is copying.
+async fn until_copying(
+    admin: &mut proto::gizzard::v1::shard_manager_client::ShardManagerClient<
+        tonic::transport::Channel,
+    >,
+    id: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = admin
+            .get_migration(gpb::GetMigrationRequest { id })
+            .await
+            .expect("get")
+            .into_inner();
+        let copying = |m: &gpb::Migration| m.step == "copy" && m.rows_copied > 0;
+        if copying(&m) || m.children.iter().any(copying) {
+            return;
+        }
+        assert_eq!(m.status, "running", "{m:?}");
+        assert!(Instant::now() < deadline, "never copied: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_resumes_after_its_server_is_killed_mid_copy() {
+    let (cluster, first) = TweetCluster::start(3, 2, 2).await;
+    // Enough rows that the throttled copy takes a few seconds.
+    let writes = TweetWriter::start(&first.tweets, 8, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.kill().await;
+    let mut ledger = writes.stop().await;
+    ledger.failures.clear(); // posts in flight when the server died
+
+    let server = cluster.serve(throttled(&cluster.nameserver_url)).await;
+    let mut admin = cluster.admin(&server).await;
+    let started = admin
+        .start_migration(gpb::StartMigrationRequest {
+            kind: Some(Kind::Rebalance(gpb::RebalanceRequest {
+                max_copies: 1,
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert!(!started.resumed);
+    until_copying(&mut admin, started.id).await;
+    let writes = writer(&server).await;
+    server.kill().await;
+    let before_kill = writes.stop().await;
+    ledger.acked.extend(before_kill.acked);
+
+    // A new server takes the job over once its lease ends; asking again attaches to it.
+    let server = cluster.serve(throttled(&cluster.nameserver_url)).await;
+    let mut admin = cluster.admin(&server).await;
+    let again = admin
+        .start_migration(gpb::StartMigrationRequest {
+            kind: Some(Kind::Rebalance(gpb::RebalanceRequest::default())),
+        })
+        .await
+        .expect("rerun")
+        .into_inner();
+    assert!(again.resumed, "{again:?}");
+    assert_eq!(again.id, started.id);
+    let writes = writer(&server).await;
+    let done = wait_migration(&mut admin, started.id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert!(done.children.iter().all(|c| c.status == "done"), "{done:?}");
+    // The interrupted move went on from its saved cursor, not from the start.
+    assert!(
+        done.children.iter().any(|c| c.resumes > 0),
+        "no copy resumed: {done:?}"
+    );
+    let after = writes.stop().await;
+    ledger.acked.extend(after.acked);
+    ledger.failures.extend(after.failures);
+    check(&cluster, &server, &ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_move_leaves_the_old_tree_whole() {
+    let (cluster, first) = TweetCluster::start(3, 2, 1).await;
+    let writes = TweetWriter::start(&first.tweets, 8, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ledger = writes.stop().await;
+    first.kill().await;
+
+    let server = cluster.serve(throttled(&cluster.nameserver_url)).await;
+    let mut admin = cluster.admin(&server).await;
+    let before = dump(&cluster, &server).await;
+    let writes = writer(&server).await;
+    let started = admin
+        .start_migration(gpb::StartMigrationRequest {
+            kind: Some(Kind::Move(gpb::MoveRequest {
+                shard: "h0/tweets_0000".into(),
+                to_host: "h2".into(),
+            })),
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    until_copying(&mut admin, started.id).await;
+    admin
+        .cancel_migration(gpb::GetMigrationRequest { id: started.id })
+        .await
+        .expect("cancel");
+    let ended = wait_migration(&mut admin, started.id).await;
+    assert_eq!(ended.status, "cancelled", "{ended:?}");
+    let during = writes.stop().await;
+    ledger.acked.extend(during.acked);
+    ledger.failures.extend(during.failures);
+
+    let after = dump(&cluster, &server).await;
+    let ids = |t: &gpb::Topology| -> Vec<(String, bool)> {
+        t.shards.iter().map(|s| (s.id.clone(), s.busy)).collect()
+    };
+    assert_eq!(
+        ids(&after),
+        ids(&before),
+        "the topology is as before the move"
+    );
+    assert_eq!(after.links, before.links);
+    check(&cluster, &server, &ledger).await;
+}

@@ -1,0 +1,354 @@
+//! A T-Bird cluster for migration tests and benchmarks: a MariaDB nameserver and shard hosts
+//! `h0..`, in-process proxies serving the tweet service and the ShardManager over loopback
+//! gRPC, and a writer that posts tweets and keeps a ledger of every acknowledged id.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use gizzard::{
+    manager::convert::change_to_pb,
+    migrate::MigrationSettings,
+    nameserver::{Change, Host},
+    server::{Proxy, ProxySettings},
+};
+use proto::{
+    gizzard::v1::{self as gpb, shard_manager_client::ShardManagerClient},
+    tbird::v1::{GetTweetsRequest, PostTweetRequest, tweets_client::TweetsClient},
+};
+use snowflake::{clock::SystemClock, worker::IdWorker};
+use tbird::{
+    ids::IdSource,
+    service::{TbirdProxy, TweetService},
+    store::{TIMELINE_SHARD, TIMELINES_TABLE, TWEET_SHARD, TWEETS_TABLE},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server, server::TcpIncoming};
+
+use crate::{MariaDb, cluster::test_settings};
+
+/// One in-process tbird server: the tweet service and the ShardManager on loopback ports.
+pub struct TweetServer {
+    pub tweets: String,
+    pub admin: String,
+    pub shutdown: CancellationToken,
+    served: JoinHandle<()>,
+}
+
+impl TweetServer {
+    /// Stops the server as a crash would: its workers drop what they run, leaving their jobs
+    /// to their leases.
+    pub async fn kill(self) {
+        self.shutdown.cancel();
+        self.served.abort();
+        let _ = self.served.await;
+    }
+}
+
+/// A nameserver server and shard hosts `h0..hN`, with tables 1 and 2 created on the first
+/// `replicas` hosts.
+pub struct TweetCluster {
+    pub nameserver: MariaDb,
+    pub hosts: Vec<MariaDb>,
+    pub nameserver_url: String,
+    /// Worker id for the next server's ids, so servers never share one.
+    next_worker: Mutex<u8>,
+}
+
+/// The settings test clusters run with: short settles and leases, so workflows finish
+/// quickly and a killed server's job is taken over within seconds.
+pub fn settings(nameserver_url: &str) -> ProxySettings {
+    ProxySettings {
+        migrations: MigrationSettings {
+            settle: Duration::from_millis(800),
+            ..MigrationSettings::default()
+        },
+        ..test_settings(nameserver_url)
+    }
+}
+
+impl TweetCluster {
+    /// Starts `hosts` shard servers and a nameserver; the tables get `shards` forwardings,
+    /// each replicated on the first `replicas` hosts. Every host is in the nameserver.
+    pub async fn start(hosts: usize, replicas: usize, shards: u32) -> (Self, TweetServer) {
+        let mut servers = MariaDb::start_many(hosts + 1).await.expect("start mariadb");
+        let nameserver = servers.remove(0);
+        let nameserver_url = nameserver
+            .create_database("gizzard")
+            .await
+            .expect("nameserver db");
+        for server in &servers {
+            server.create_database("tbird").await.expect("shard db");
+        }
+        let cluster = Self {
+            nameserver,
+            hosts: servers,
+            nameserver_url,
+            next_worker: Mutex::new(1),
+        };
+        let server = cluster.serve(settings(&cluster.nameserver_url)).await;
+        let mut changes: Vec<Change> = (0..hosts)
+            .map(|i| {
+                Change::SetHost(Host {
+                    name: Self::host(i),
+                    url: cluster.hosts[i].url("tbird"),
+                    read_weight: 1,
+                    write_weight: 1,
+                })
+            })
+            .collect();
+        let names: Vec<String> = (0..replicas).map(Self::host).collect();
+        for (table, class, prefix) in [
+            (TWEETS_TABLE, TWEET_SHARD, "tweets"),
+            (TIMELINES_TABLE, TIMELINE_SHARD, "timeline"),
+        ] {
+            changes.extend(
+                gizzard::nameserver::replicated_table(table, class, prefix, &names, shards)
+                    .expect("valid names"),
+            );
+        }
+        let mut admin = cluster.admin(&server).await;
+        admin
+            .apply(gpb::ApplyRequest {
+                changes: changes.iter().map(change_to_pb).collect(),
+            })
+            .await
+            .expect("create the tables");
+        (cluster, server)
+    }
+
+    /// The name of host `i`.
+    pub fn host(i: usize) -> String {
+        format!("h{i}")
+    }
+
+    /// Starts another server on the cluster's nameserver.
+    pub async fn serve(&self, settings: ProxySettings) -> TweetServer {
+        let shutdown = CancellationToken::new();
+        let proxy: TbirdProxy = Proxy::start(
+            settings,
+            tbird::store::registry(),
+            HashMap::new(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("start proxy");
+        let worker = {
+            let mut next = self.next_worker.lock().expect("lock");
+            *next += 1;
+            *next
+        };
+        let ids = IdSource::Local(Arc::new(IdWorker::fixed(
+            Arc::new(SystemClock::default()),
+            5,
+            1,
+            worker,
+        )));
+        let manager = proxy.manager().into_server();
+        let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
+        let (tweets_listener, admin_listener) = (bind().await, bind().await);
+        let addrs = (
+            tweets_listener.local_addr().expect("addr").to_string(),
+            admin_listener.local_addr().expect("addr").to_string(),
+        );
+        let stop = shutdown.clone();
+        let served = tokio::spawn(async move {
+            let _ = tokio::join!(
+                Server::builder()
+                    .add_service(tweets)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(tweets_listener),
+                        stop.cancelled()
+                    ),
+                Server::builder()
+                    .add_service(manager)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(admin_listener),
+                        stop.cancelled()
+                    ),
+            );
+        });
+        TweetServer {
+            tweets: addrs.0,
+            admin: addrs.1,
+            shutdown,
+            served,
+        }
+    }
+
+    /// A ShardManager client of `server`.
+    pub async fn admin(&self, server: &TweetServer) -> ShardManagerClient<Channel> {
+        ShardManagerClient::connect(format!("http://{}", server.admin))
+            .await
+            .expect("connect admin")
+    }
+
+    /// Diffs every pair of replicas of every tree through diff migrations and returns the
+    /// keys that differ (none when the replicas agree).
+    pub async fn full_diff(&self, server: &TweetServer) -> Vec<(String, String, Vec<u64>)> {
+        let mut admin = self.admin(server).await;
+        let topology = admin
+            .dump(gpb::DumpRequest {})
+            .await
+            .expect("dump")
+            .into_inner();
+        let mut differing = Vec::new();
+        for forwarding in &topology.forwardings {
+            let leaves: Vec<String> = topology
+                .links
+                .iter()
+                .filter(|l| l.up == forwarding.shard_id)
+                .map(|l| l.down.clone())
+                .collect();
+            for pair in leaves.windows(2) {
+                let kind = gpb::start_migration_request::Kind::Diff(gpb::ShardPair {
+                    a: pair[0].clone(),
+                    b: pair[1].clone(),
+                    hashes: None,
+                });
+                let done = run_migration(&mut admin, kind).await;
+                assert_eq!(done.status, "done", "diff {pair:?}: {done:?}");
+                if done.differing > 0 {
+                    differing.push((pair[0].clone(), pair[1].clone(), done.differing_keys));
+                }
+            }
+        }
+        differing
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// Starts a migration and waits (up to three minutes) until it ends.
+pub async fn run_migration(
+    admin: &mut ShardManagerClient<Channel>,
+    kind: gpb::start_migration_request::Kind,
+) -> gpb::Migration {
+    let started = admin
+        .start_migration(gpb::StartMigrationRequest { kind: Some(kind) })
+        .await
+        .expect("start migration")
+        .into_inner();
+    wait_migration(admin, started.id).await
+}
+
+/// Waits (up to three minutes) until migration `id` ends.
+pub async fn wait_migration(admin: &mut ShardManagerClient<Channel>, id: u64) -> gpb::Migration {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let m = admin
+            .get_migration(gpb::GetMigrationRequest { id })
+            .await
+            .expect("get migration")
+            .into_inner();
+        if m.status != "running" {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration {id} did not end: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a writer saw.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Ids of acknowledged posts.
+    pub acked: Vec<u64>,
+    /// Posts that failed, with the error.
+    pub failures: Vec<String>,
+    /// The slowest acknowledged post.
+    pub slowest: Duration,
+}
+
+/// Posts tweets with `concurrency` tasks until stopped, keeping a ledger.
+pub struct TweetWriter {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<Ledger>>,
+}
+
+impl TweetWriter {
+    /// Starts posting to the tweet service at `addr`, `concurrency` posts at a time, each
+    /// task pausing `pause` between posts.
+    pub async fn start(addr: &str, concurrency: usize, pause: Duration) -> Self {
+        let stop = CancellationToken::new();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect tweets");
+        let tasks = (0..concurrency)
+            .map(|task| {
+                let (mut client, stop) = (TweetsClient::new(channel.clone()), stop.clone());
+                tokio::spawn(async move {
+                    let mut ledger = Ledger::default();
+                    let mut n = 0u64;
+                    while !stop.is_cancelled() {
+                        n += 1;
+                        let request = PostTweetRequest {
+                            user_id: 1 + (task as u64 * 7919 + n) % 500,
+                            text: format!("tweet {n} of writer {task}").into_bytes(),
+                            in_reply_to: None,
+                        };
+                        let started = Instant::now();
+                        let posted = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            client.post_tweet(request),
+                        )
+                        .await;
+                        match posted {
+                            Ok(Ok(tweet)) => {
+                                ledger.acked.push(tweet.into_inner().id);
+                                ledger.slowest = ledger.slowest.max(started.elapsed());
+                            }
+                            Ok(Err(status)) => ledger.failures.push(status.to_string()),
+                            Err(_) => ledger.failures.push("no answer within 10s".into()),
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    ledger
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops posting and returns the merged ledger.
+    pub async fn stop(self) -> Ledger {
+        self.stop.cancel();
+        let mut all = Ledger::default();
+        for task in self.tasks {
+            let ledger = task.await.expect("writer task");
+            all.acked.extend(ledger.acked);
+            all.failures.extend(ledger.failures);
+            all.slowest = all.slowest.max(ledger.slowest);
+        }
+        all
+    }
+}
+
+/// Returns the ids in `ids` that the tweet service at `addr` does not find.
+pub async fn missing(addr: &str, ids: &[u64]) -> Vec<u64> {
+    let mut client = TweetsClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect tweets");
+    let mut missing = Vec::new();
+    for chunk in ids.chunks(500) {
+        let got = client
+            .get_tweets(GetTweetsRequest {
+                ids: chunk.to_vec(),
+            })
+            .await
+            .expect("get tweets")
+            .into_inner();
+        missing.extend(got.missing);
+    }
+    missing
+}

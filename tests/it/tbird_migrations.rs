@@ -345,3 +345,75 @@ async fn a_cancelled_move_leaves_the_old_tree_whole() {
     assert_eq!(after.links, before.links);
     check(&cluster, &server, &ledger).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_them() {
+    use mysql_async::prelude::Queryable;
+    let (cluster, server) = TweetCluster::start(2, 2, 1).await;
+    let writes = writer(&server).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Damage h1's replica behind the proxy's back: drop three tweets, tombstone one, and
+    // add one the other replica lacks.
+    let mut conn = cluster.hosts[1].connect("tbird").await.expect("connect");
+    let ids: Vec<i64> = conn
+        .query("SELECT id FROM tweets_0000_tweets ORDER BY id LIMIT 5")
+        .await
+        .expect("ids");
+    assert_eq!(ids.len(), 5);
+    conn.exec_drop(
+        "DELETE FROM tweets_0000_tweets WHERE id IN (?, ?, ?)",
+        (ids[0], ids[1], ids[2]),
+    )
+    .await
+    .expect("delete");
+    conn.exec_drop(
+        "UPDATE tweets_0000_tweets SET deleted = 1 WHERE id = ?",
+        (ids[3],),
+    )
+    .await
+    .expect("tombstone");
+    // A tweet that reached h1 only.
+    let only_on_h1: i64 = 1 << 40;
+    conn.exec_drop(
+        "INSERT INTO tweets_0000_tweets (id, hash, user_id, text, in_reply_to, deleted) \
+         VALUES (?, ?, 9, 'only here', NULL, 0)",
+        (only_on_h1, gizzard::nameserver::hash(only_on_h1 as u64)),
+    )
+    .await
+    .expect("insert");
+    let mut damaged: Vec<u64> = ids[..4].iter().map(|&id| id as u64).collect();
+    damaged.push(only_on_h1 as u64);
+    damaged.sort_unstable();
+
+    let mut admin = cluster.admin(&server).await;
+    let pair = || gpb::ShardPair {
+        a: "h0/tweets_0000".into(),
+        b: "h1/tweets_0000".into(),
+        hashes: None,
+    };
+    let diff = run_migration(&mut admin, Kind::Diff(pair())).await;
+    assert_eq!(diff.status, "done", "{diff:?}");
+    assert_eq!(
+        diff.differing_keys, damaged,
+        "exactly the damaged keys, while writes flow"
+    );
+    assert!(diff.rows_compared > 100, "{diff:?}");
+
+    let repair = run_migration(&mut admin, Kind::Repair(pair())).await;
+    assert_eq!(repair.status, "done", "{repair:?}");
+    assert_eq!(repair.repaired, 5, "{repair:?}");
+    let mut ledger = writes.stop().await;
+    // Merging keeps the tombstone: the tweet tombstoned on h1 is deleted on h0 too, so it is
+    // no longer served.
+    ledger.acked.retain(|&id| id != ids[3] as u64);
+    let mut h0 = cluster.hosts[0].connect("tbird").await.expect("connect");
+    let deleted: Option<bool> = h0
+        .exec_first(
+            "SELECT deleted FROM tweets_0000_tweets WHERE id = ?",
+            (ids[3],),
+        )
+        .await
+        .expect("read");
+    assert_eq!(deleted, Some(true));
+    check(&cluster, &server, &ledger).await;
+}

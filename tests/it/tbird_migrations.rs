@@ -107,6 +107,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
                 shard: "h2/tweets_0000".into(),
                 to_host: "h1".into(),
             })),
+            ..Default::default()
         })
         .await
         .expect_err("h1 already holds a replica");
@@ -262,6 +263,7 @@ async fn a_rebalance_resumes_after_its_server_is_killed_mid_copy() {
                 max_copies: 1,
                 ..Default::default()
             })),
+            ..Default::default()
         })
         .await
         .expect("start")
@@ -279,6 +281,7 @@ async fn a_rebalance_resumes_after_its_server_is_killed_mid_copy() {
     let again = admin
         .start_migration(gpb::StartMigrationRequest {
             kind: Some(Kind::Rebalance(gpb::RebalanceRequest::default())),
+            ..Default::default()
         })
         .await
         .expect("rerun")
@@ -318,6 +321,7 @@ async fn a_cancelled_move_leaves_the_old_tree_whole() {
                 shard: "h0/tweets_0000".into(),
                 to_host: "h2".into(),
             })),
+            ..Default::default()
         })
         .await
         .expect("start")

@@ -230,7 +230,10 @@ pub async fn run_migration(
     kind: gpb::start_migration_request::Kind,
 ) -> gpb::Migration {
     let started = admin
-        .start_migration(gpb::StartMigrationRequest { kind: Some(kind) })
+        .start_migration(gpb::StartMigrationRequest {
+            kind: Some(kind),
+            ..Default::default()
+        })
         .await
         .expect("start migration")
         .into_inner();

@@ -11,7 +11,7 @@ use proto::gizzard::v1 as pb;
 use serde_json::{Value, json};
 
 use super::{
-    MigrationCommand, RebalanceAction,
+    MigrationCommand, RebalanceAction, StartArgs,
     client::{ManagerClient, call_error},
     render,
 };
@@ -26,37 +26,37 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<String> {
     use pb::start_migration_request::Kind;
-    let (kind, detach) = match command {
-        MigrationCommand::Move { shard, to, detach } => (
+    let (kind, start) = match command {
+        MigrationCommand::Move { shard, to, start } => (
             Kind::Move(pb::MoveRequest {
                 shard: shard.to_string(),
                 to_host: to,
             }),
-            detach,
+            start,
         ),
-        MigrationCommand::AddReplica { shard, on, detach } => (
+        MigrationCommand::AddReplica { shard, on, start } => (
             Kind::AddReplica(pb::AddReplicaRequest {
                 shard: shard.to_string(),
                 host: on,
             }),
-            detach,
+            start,
         ),
         MigrationCommand::Split {
             table,
             base_id,
             at,
-            detach,
+            start,
         } => (
             Kind::Split(pb::SplitRequest {
                 table_id: table,
                 base_id,
                 at,
             }),
-            detach,
+            start,
         ),
-        MigrationCommand::Copy { from, to, detach } => (Kind::Copy(pair(from, to)), detach),
-        MigrationCommand::Diff { a, b, detach } => (Kind::Diff(pair(a, b)), detach),
-        MigrationCommand::Repair { a, b, detach } => (Kind::Repair(pair(a, b)), detach),
+        MigrationCommand::Copy { from, to, start } => (Kind::Copy(pair(from, to)), start),
+        MigrationCommand::Diff { a, b, start } => (Kind::Diff(pair(a, b)), start),
+        MigrationCommand::Repair { a, b, start } => (Kind::Repair(pair(a, b)), start),
         MigrationCommand::Rebalance { action, args } => match action {
             Some(RebalanceAction::Status) => {
                 let id = running_rebalance(client).await?;
@@ -73,7 +73,10 @@ pub async fn run(
                     copies_per_host: args.copies_per_host,
                     dry_run: args.dry_run,
                 }),
-                args.detach || args.dry_run,
+                StartArgs {
+                    detach: args.start.detach || args.dry_run,
+                    ..args.start
+                },
             ),
         },
         MigrationCommand::Watch { id } => return watch(client, id, json).await,
@@ -82,11 +85,14 @@ pub async fn run(
         MigrationCommand::List { all } => return list(client, all, json).await,
     };
     let started = client
-        .start_migration(pb::StartMigrationRequest { kind: Some(kind) })
+        .start_migration(pb::StartMigrationRequest {
+            kind: Some(kind),
+            rows_per_second: start.rows_per_second.unwrap_or(0),
+        })
         .await
         .map_err(|s| call_error("start the migration", s))?
         .into_inner();
-    if started.id == 0 || detach {
+    if started.id == 0 || start.detach {
         return Ok(show(&started, json));
     }
     if started.resumed {

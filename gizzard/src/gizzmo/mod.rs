@@ -214,9 +214,8 @@ pub enum MigrationCommand {
         /// The host to move it to.
         #[arg(long)]
         to: String,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Add a replica of a leaf's tree on another host, copied from that leaf.
     AddReplica {
@@ -225,9 +224,8 @@ pub enum MigrationCommand {
         /// The host of the new replica.
         #[arg(long)]
         on: String,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Split a range: its upper part moves to a new tree on the same hosts.
     Split {
@@ -239,9 +237,8 @@ pub enum MigrationCommand {
         /// First hash of the moved part [default: the middle of the range].
         #[arg(long, value_parser = parse_base_id)]
         at: Option<i64>,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Copy one leaf's rows into another (merging: newer versions and tombstones win).
     Copy {
@@ -249,9 +246,8 @@ pub enum MigrationCommand {
         from: ShardId,
         /// The leaf copied into.
         to: ShardId,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Compare two replicas by chunk checksums and list the keys that differ (exit 1 if any).
     Diff {
@@ -259,9 +255,8 @@ pub enum MigrationCommand {
         a: ShardId,
         /// The other leaf.
         b: ShardId,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Make two replicas agree, rewriting only the keys that differ.
     Repair {
@@ -269,9 +264,8 @@ pub enum MigrationCommand {
         a: ShardId,
         /// The other leaf.
         b: ShardId,
-        /// Start it and return without watching.
-        #[arg(long)]
-        detach: bool,
+        #[command(flatten)]
+        start: StartArgs,
     },
     /// Even out leaves per host (by write weight) with moves run a few at a time; rerun it to
     /// follow a rebalance already running.
@@ -331,9 +325,19 @@ pub struct RebalanceArgs {
     /// Moves running at once that read from or write to one host [default: 1].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub copies_per_host: u32,
+    #[command(flatten)]
+    pub start: StartArgs,
+}
+
+/// How a migration starts.
+#[derive(Debug, Args)]
+pub struct StartArgs {
     /// Start it and return without watching.
     #[arg(long)]
     pub detach: bool,
+    /// Copy at most this many rows per second per move [default: the servers' setting].
+    #[arg(long)]
+    pub rows_per_second: Option<u64>,
 }
 
 /// Flags of `create-table`.

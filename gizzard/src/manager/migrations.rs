@@ -7,8 +7,8 @@ use tonic::Status;
 use super::service::{Manager, queue_status};
 use crate::{
     migrate::{
-        HashRange, ListFilter, Migration, MigrationId, Plan, StoreError, model::RebalancePlan,
-        plan, runner,
+        HashRange, ListFilter, Migration, MigrationId, Plan, Progress, StoreError,
+        model::RebalancePlan, plan, runner,
     },
     nameserver::{NodeKind, ShardId, Topology},
 };
@@ -145,9 +145,13 @@ impl Manager {
                 Plan::Rebalance(plan)
             }
         };
+        let progress = Progress {
+            rows_per_second: (request.rows_per_second > 0).then_some(request.rows_per_second),
+            ..Progress::default()
+        };
         let id = self
             .migrations
-            .create(&plan, None)
+            .create(&plan, &progress, None)
             .await
             .map_err(store_status)?;
         self.queue.enqueue(&runner::job(id)).await.map_err(|e| {

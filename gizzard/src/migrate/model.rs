@@ -235,6 +235,8 @@ pub struct Progress {
     /// The copy's cursor: the last row copied (the shard type's cursor, JSON).
     pub cursor: Option<serde_json::Value>,
     pub rows_copied: u64,
+    /// The copy's rows-per-second limit; `None` for the server's setting.
+    pub rows_per_second: Option<u64>,
     /// Times a copy went on from a saved cursor (after its server died, say).
     pub resumes: u32,
     /// The source's row count when the copy started.

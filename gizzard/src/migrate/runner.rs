@@ -388,7 +388,7 @@ impl<S: PhysicalShard> Run<'_, S> {
             hashes.map(HashRange::range),
             cursor,
             &settings.tuning,
-            settings.rows_per_second,
+            self.progress.rows_per_second.or(settings.rows_per_second),
         );
         while let Some(page) = copier.next_page().await? {
             self.progress.cursor = serde_json::to_value(&page.cursor).ok();
@@ -690,7 +690,14 @@ impl<S: PhysicalShard> Run<'_, S> {
             let id = self
                 .inner()
                 .store
-                .create(&Plan::Move(m.clone()), Some(self.id))
+                .create(
+                    &Plan::Move(m.clone()),
+                    &Progress {
+                        rows_per_second: self.progress.rows_per_second,
+                        ..Progress::default()
+                    },
+                    Some(self.id),
+                )
                 .await?;
             self.progress.children[i] = Some(id);
             self.save().await?;

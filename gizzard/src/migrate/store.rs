@@ -133,10 +133,11 @@ impl MigrationStore {
         Ok(Self { db })
     }
 
-    /// Stores a new running migration and returns its id.
+    /// Stores a new running migration starting at `progress` and returns its id.
     pub async fn create(
         &self,
         plan: &Plan,
+        progress: &Progress,
         parent: Option<MigrationId>,
     ) -> Result<MigrationId, StoreError> {
         let sql = "INSERT INTO gizzard_migrations \
@@ -146,7 +147,7 @@ impl MigrationStore {
         let params = vec![
             Param::from(parent.map(|p| p as i64)),
             Param::Text(json(plan)),
-            Param::Text(json(&Progress::default())),
+            Param::Text(json(progress)),
             Param::Int(now),
             Param::Int(now),
         ];

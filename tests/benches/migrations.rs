@@ -18,6 +18,13 @@ use tbird::{
 };
 use tests::tweets::{TweetCluster, TweetWriter, run_migration};
 
+/// The test settings with production-sized pages and chunks.
+fn production(nameserver_url: &str) -> gizzard::server::ProxySettings {
+    let mut settings = tests::tweets::settings(nameserver_url);
+    settings.migrations.tuning = gizzard::migrate::ops::Tuning::default();
+    settings
+}
+
 fn rows() -> u64 {
     std::env::var("BENCH_ROWS")
         .ok()
@@ -72,7 +79,8 @@ async fn load(url: &str, prefix: &str, count: u64) {
 async fn main() {
     let count = rows();
     // One range, replicated on h0 only; h1 receives the copy.
-    let (cluster, server) = TweetCluster::start(2, 1, 1).await;
+    let (cluster, server) =
+        TweetCluster::start_with(2, 1, 1, tests::mariadb::BENCH_FLAGS, production).await;
     let mut admin = cluster.admin(&server).await;
     let started = Instant::now();
     load(&cluster.hosts[0].url("tbird"), "tweets_0000", count).await;

@@ -214,7 +214,7 @@ fn throttled(nameserver_url: &str) -> gizzard::server::ProxySettings {
         tuning: Tuning {
             page_rows: 100,
             max_page_rows: 100,
-            ..Tuning::default()
+            ..s.migrations.tuning.clone()
         },
         ..s.migrations
     };

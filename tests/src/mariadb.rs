@@ -59,11 +59,18 @@ pub struct MariaDb {
     port: u16,
     child: Option<Child>,
     paused: bool,
+    /// Flags after the harness's own, which they override.
+    extra_flags: &'static [&'static str],
 }
 
 impl MariaDb {
     /// Starts a server and waits until it accepts queries.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with `extra_flags` after the harness's own (see [`BENCH_FLAGS`]).
+    pub async fn start_with(extra_flags: &'static [&'static str]) -> Result<Self, HarnessError> {
         let template = tokio::task::spawn_blocking(template_datadir)
             .await
             .map_err(|e| io_err("make template")(io::Error::other(e)))??;
@@ -78,6 +85,7 @@ impl MariaDb {
             dir,
             child: None,
             paused: false,
+            extra_flags,
         };
         let mut attempt = 0;
         loop {
@@ -95,7 +103,15 @@ impl MariaDb {
 
     /// Starts `n` servers concurrently.
     pub async fn start_many(n: usize) -> Result<Vec<Self>, HarnessError> {
-        futures::future::try_join_all((0..n).map(|_| Self::start())).await
+        Self::start_many_with(n, &[]).await
+    }
+
+    /// Starts `n` servers concurrently, each with `extra_flags`.
+    pub async fn start_many_with(
+        n: usize,
+        extra_flags: &'static [&'static str],
+    ) -> Result<Vec<Self>, HarnessError> {
+        futures::future::try_join_all((0..n).map(|_| Self::start_with(extra_flags))).await
     }
 
     /// Returns the server's TCP port on 127.0.0.1.
@@ -217,6 +233,7 @@ impl MariaDb {
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
             .args(SERVER_FLAGS)
+            .args(self.extra_flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -289,6 +306,13 @@ const SERVER_FLAGS: &[&str] = &[
     "--max-connections=1000",
     "--character-set-server=utf8mb4",
     "--collation-server=utf8mb4_bin",
+];
+
+/// Flags for benchmarks: a buffer pool and redo log sized like a small production server's,
+/// so a few million rows stay in memory instead of being read back from disk.
+pub const BENCH_FLAGS: &[&str] = &[
+    "--innodb-buffer-pool-size=1G",
+    "--innodb-log-file-size=512M",
 ];
 
 fn is_root() -> bool {

@@ -10,7 +10,7 @@ use std::{
 
 use gizzard::{
     manager::convert::change_to_pb,
-    migrate::MigrationSettings,
+    migrate::{MigrationSettings, ops::Tuning},
     nameserver::{Change, Host},
     server::{Proxy, ProxySettings},
 };
@@ -64,6 +64,13 @@ pub fn settings(nameserver_url: &str) -> ProxySettings {
     ProxySettings {
         migrations: MigrationSettings {
             settle: Duration::from_millis(800),
+            // Small pages and chunks, so a test's few thousand rows take many of each.
+            tuning: Tuning {
+                page_rows: 64,
+                max_page_rows: 256,
+                chunk_rows: 100,
+                ..Tuning::default()
+            },
             ..MigrationSettings::default()
         },
         ..test_settings(nameserver_url)
@@ -74,7 +81,21 @@ impl TweetCluster {
     /// Starts `hosts` shard servers and a nameserver; the tables get `shards` forwardings,
     /// each replicated on the first `replicas` hosts. Every host is in the nameserver.
     pub async fn start(hosts: usize, replicas: usize, shards: u32) -> (Self, TweetServer) {
-        let mut servers = MariaDb::start_many(hosts + 1).await.expect("start mariadb");
+        Self::start_with(hosts, replicas, shards, &[], settings).await
+    }
+
+    /// [`TweetCluster::start`] with extra MariaDB flags (see [`crate::mariadb::BENCH_FLAGS`])
+    /// and the first server's settings.
+    pub async fn start_with(
+        hosts: usize,
+        replicas: usize,
+        shards: u32,
+        flags: &'static [&'static str],
+        settings: fn(&str) -> ProxySettings,
+    ) -> (Self, TweetServer) {
+        let mut servers = MariaDb::start_many_with(hosts + 1, flags)
+            .await
+            .expect("start mariadb");
         let nameserver = servers.remove(0);
         let nameserver_url = nameserver
             .create_database("gizzard")

@@ -42,7 +42,7 @@ impl Default for Tuning {
             min_page_rows: 50,
             max_page_rows: 16_000,
             write_parallelism: 4,
-            chunk_rows: 20_000,
+            chunk_rows: 50_000,
             confirm_after: Duration::from_millis(200),
             page_attempts: 5,
         }
@@ -229,6 +229,8 @@ pub struct Differ<'a, S: PhysicalShard> {
     tuning: &'a Tuning,
     /// The last key of the previous chunk.
     after: Option<u64>,
+    /// The end of the next chunk, found while the last one was compared.
+    next_end: Option<Option<u64>>,
     done: bool,
 }
 
@@ -240,6 +242,7 @@ impl<'a, S: PhysicalShard> Differ<'a, S> {
             hashes,
             tuning,
             after: None,
+            next_end: None,
             done: false,
         }
     }
@@ -249,15 +252,25 @@ impl<'a, S: PhysicalShard> Differ<'a, S> {
         if self.done {
             return Ok(None);
         }
-        let (a, b, hashes) = (self.a, self.b, &self.hashes);
-        let end = a
-            .chunk_end(self.after, self.tuning.chunk_rows, hashes.clone())
-            .await?;
+        let (a, b, hashes, rows) = (self.a, self.b, &self.hashes, self.tuning.chunk_rows);
+        let end = match self.next_end.take() {
+            Some(end) => end,
+            None => a.chunk_end(self.after, rows, hashes.clone()).await?,
+        };
         let keys = self.after.map_or(0, |k| k + 1)..=end.unwrap_or(MAX_KEY);
-        let (sum_a, sum_b) = tokio::try_join!(
+        // The next chunk's end is looked up while both sides sum this one.
+        let following = async {
+            match end {
+                Some(end) if end < MAX_KEY => a.chunk_end(Some(end), rows, hashes.clone()).await,
+                _ => Ok(None),
+            }
+        };
+        let (sum_a, sum_b, following) = tokio::try_join!(
             a.checksum(keys.clone(), hashes.clone()),
             b.checksum(keys.clone(), hashes.clone()),
+            following,
         )?;
+        self.next_end = Some(following);
         let mut chunk = Chunk {
             compared: sum_a.rows,
             differences: Vec::new(),

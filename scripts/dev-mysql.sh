@@ -92,12 +92,15 @@ die() { log "$*"; exit 1; }
 port_of() { echo $((PORT_BASE + $1)); }
 url_of() { echo "mysql://root@127.0.0.1:$(port_of "$1")/$2"; }
 
-# Returns the pid in pid file $1 if that process is alive.
+# Prints the pid in pid file $1 if that process is alive and is the program the file is named
+# after (tbird.pid: tbird, mariadbd.pid: mariadbd), so a stale file never names a stranger.
 alive_pid() {
-  local pid
+  local pid program
   [ -f "$1" ] || return 1
   pid="$(cat "$1" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  program="$(basename "$1" .pid)"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$program" && echo "$pid"
 }
 
 # Sends SIGTERM to the process of pid file $1 and waits up to $2 seconds, then SIGKILL.

@@ -1223,8 +1223,8 @@ impl JobQueue {
         for priority in Priority::ALL {
             for state in [JobState::Ready, JobState::Bad] {
                 let jobs = depth.get(&(priority, state)).copied().unwrap_or(0);
-                metrics::gauge!(DEPTH_METRIC, "priority" => priority.as_str(), "state" => state.as_str())
-                    .set(jobs as f64);
+                let labels = [("priority", priority.as_str()), ("state", state.as_str())];
+                metrics::gauge!(DEPTH_METRIC, &labels).set(jobs as f64);
             }
         }
         Ok(())

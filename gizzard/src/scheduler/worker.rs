@@ -161,12 +161,13 @@ struct JobCounters {
 
 impl JobCounters {
     fn new(job_type: &str) -> Self {
-        let job_type = job_type.to_owned();
+        let counter =
+            |name: &'static str| metrics::counter!(name, "job_type" => job_type.to_owned());
         Self {
-            run: metrics::counter!("gizzard_jobs_run_total", "job_type" => job_type.clone()),
-            succeeded: metrics::counter!("gizzard_jobs_succeeded_total", "job_type" => job_type.clone()),
-            failed: metrics::counter!("gizzard_jobs_failed_total", "job_type" => job_type.clone()),
-            parked: metrics::counter!("gizzard_jobs_parked_total", "job_type" => job_type),
+            run: counter("gizzard_jobs_run_total"),
+            succeeded: counter("gizzard_jobs_succeeded_total"),
+            failed: counter("gizzard_jobs_failed_total"),
+            parked: counter("gizzard_jobs_parked_total"),
         }
     }
 }

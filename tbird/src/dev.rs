@@ -2,6 +2,10 @@
 //! and SQLite files in the data dir hold the nameserver, the job queue and two shard "hosts".
 //! A new data dir gets the default topology (8 forwardings per table, each replicated on both
 //! hosts); an existing one keeps its data and topology across restarts.
+//!
+//! Metrics are off unless `metrics_listen` is set: a newcomer's first `tbird dev` should not
+//! fail because port 9990 is taken (by a Snowflake daemon or a second `tbird dev`), and a
+//! local stack is rarely scraped. When set, they are the same as `tbird serve`'s.
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -25,6 +29,8 @@ pub struct DevSettings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where to serve `/metrics`; none serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the dev stack could not run.
@@ -42,6 +48,8 @@ pub enum DevError {
     },
     #[error("start the proxy: {0}")]
     Proxy(#[from] gizzard::server::StartError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("create the default topology: {0}")]
     Topology(String),
     #[error("serve gRPC: {0}")]
@@ -63,6 +71,10 @@ pub async fn run(
         path: dir.display().to_string(),
         source,
     })?;
+    // First: the proxy and the service take their metric handles from the recorder.
+    if let Some(addr) = settings.metrics_listen {
+        crate::metrics::install(addr)?;
+    }
     let proxy_settings = ProxySettings {
         server_name: "tbird-dev".into(),
         workers: WorkerSettings {
@@ -82,6 +94,12 @@ pub async fn run(
     .await?;
     if proxy.routing.current().topology.forwardings.is_empty() {
         create_default_topology(&proxy, dir).await?;
+    }
+    if settings.metrics_listen.is_some() {
+        proxy
+            .queue
+            .clone()
+            .spawn_depth_gauge(crate::metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
     }
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -3,6 +3,7 @@
 //!
 //! - [`tweet`]: the tweet and the rules its fields obey.
 //! - [`dev`]: `tbird dev`, the whole stack in one process on SQLite files.
+//! - [`metrics`]: the Prometheus metrics of `tbird serve` and `tbird dev`.
 //! - [`ids`]: tweet ids from Snowflake, prefetched in batches (or from an in-process worker).
 //! - [`server`]: `tbird serve`, a production server on a MySQL nameserver and Snowflake.
 //! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
@@ -11,6 +12,7 @@
 
 pub mod dev;
 pub mod ids;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -48,6 +48,9 @@ enum Command {
         /// Admin bearer token, overriding the file.
         #[arg(long, env = "TBIRD_ADMIN_TOKEN")]
         admin_token: Option<String>,
+        /// Address serving /metrics, or `off`, overriding the file [default: 0.0.0.0:9990].
+        #[arg(long, env = "TBIRD_METRICS_LISTEN", value_name = "ADDR|off")]
+        metrics_listen: Option<tbird::metrics::Listen>,
     },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
@@ -60,6 +63,9 @@ enum Command {
         /// Address of the ShardManager admin service (for gizzmo).
         #[arg(long, env = "TBIRD_ADMIN_LISTEN", default_value = "127.0.0.1:7920")]
         admin_listen: SocketAddr,
+        /// Serve /metrics on this address (off unless given).
+        #[arg(long, env = "TBIRD_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Post a tweet and print its id.
     Post {
@@ -182,6 +188,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             admin_listen,
             admin_token,
+            metrics_listen,
         } => {
             let mut server = match config {
                 Some(path) => ServerConfig::from_file(&path)?,
@@ -192,6 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.listen = listen.unwrap_or(server.listen);
             server.admin_listen = admin_listen.unwrap_or(server.admin_listen);
             server.admin_token = admin_token.or(server.admin_token);
+            server.metrics_listen = metrics_listen.map_or(server.metrics_listen, |m| m.0);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -208,11 +216,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             listen,
             admin_listen,
+            metrics_listen,
         } => {
             run_dev(DevSettings {
                 data_dir,
                 listen,
                 admin_listen,
+                metrics_listen,
             })
             .await
         }

@@ -1,6 +1,7 @@
 //! `tbird serve`: a production server. It routes with the nameserver at `nameserver-url`
 //! (MySQL), takes ids from a Snowflake daemon, serves the tweet service and the ShardManager,
-//! and runs job workers. Run as many as you like on one nameserver.
+//! and runs job workers. Run as many as you like on one nameserver. Metrics are served in
+//! Prometheus text at `http://metrics-listen/metrics` (see [`crate::metrics`]).
 
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -15,6 +16,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     ids::{IdSource, PrefetchSettings},
+    metrics,
     service::TweetService,
     store,
 };
@@ -31,6 +33,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address of the ShardManager admin service.
     pub admin_listen: SocketAddr,
+    /// Address of the HTTP endpoint serving `/metrics`; `"off"` in the file serves none.
+    #[serde(deserialize_with = "crate::metrics::deserialize_listen")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token admin calls that change anything must carry; none allows every caller.
     pub admin_token: Option<String>,
     /// Job workers in this server.
@@ -52,6 +57,7 @@ impl Default for ServerConfig {
             snowflake_addr: "127.0.0.1:7609".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7915)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 7920)),
+            metrics_listen: Some(metrics::DEFAULT_LISTEN),
             admin_token: None,
             job_workers: 4,
             leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
@@ -74,6 +80,8 @@ pub enum ServerError {
     Snowflake { addr: String, reason: String },
     #[error("start the proxy: {0}")]
     Proxy(#[from] gizzard::server::StartError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("serve gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -111,6 +119,10 @@ impl ServerConfig {
 /// Runs a server until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     config.validate()?;
+    // First: the proxy and the service take their metric handles from the recorder.
+    if let Some(addr) = config.metrics_listen {
+        metrics::install(addr)?;
+    }
     let snowflake =
         snowflake::client::Client::connect(&config.snowflake_addr, "tbird", Duration::from_secs(2))
             .await
@@ -138,6 +150,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         shutdown.clone(),
     )
     .await?;
+    if config.metrics_listen.is_some() {
+        proxy
+            .queue
+            .clone()
+            .spawn_depth_gauge(metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
+    }
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -150,7 +168,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         (bind(config.listen).await?, bind(config.admin_listen).await?);
     let manager = proxy.manager().into_server();
     let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "tbird serving");
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        metrics = ?config.metrics_listen,
+        "tbird serving"
+    );
     let (a, b) = tokio::join!(
         Server::builder()
             .add_service(tweets)
@@ -174,6 +197,21 @@ mod tests {
         let config = ServerConfig::from_file(&path).expect("example parses");
         config.validate().expect("example is valid");
         assert_eq!(config.leaf_timeout, Duration::from_secs(2));
+        assert_eq!(config.metrics_listen, Some(metrics::DEFAULT_LISTEN));
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_or_moved() {
+        let off: ServerConfig = toml::from_str("metrics-listen = \"off\"").expect("off parses");
+        assert_eq!(off.metrics_listen, None);
+        let moved: ServerConfig =
+            toml::from_str("metrics-listen = \"127.0.0.1:9991\"").expect("address parses");
+        assert_eq!(
+            moved.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9991)))
+        );
+        let err = toml::from_str::<ServerConfig>("metrics-listen = \"9991\"").expect_err("bad");
+        assert!(err.to_string().contains("HOST:PORT"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The gRPC service `tbird.v1.Tweets` on the Gizzard proxy: requests are validated into
 //! domain types at the edge, tweets are written to table 1 (by id) and their author's timeline
-//! in table 2 (by user id), and reads go through the replicated trees with failover.
+//! in table 2 (by user id), and reads go through the replicated trees with failover. Every
+//! call is counted and timed by method and status code ([`crate::metrics`]).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     ids::{IdSource, IdsError},
+    metrics::{Method, RequestMetrics},
     store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::{InvalidTweet, Tweet, validate_id},
 };
@@ -31,6 +33,7 @@ pub type TbirdProxy = Proxy<TbirdShard, TbirdWrite>;
 pub struct TweetService {
     proxy: Arc<TbirdProxy>,
     ids: IdSource,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl std::fmt::Debug for TweetService {
@@ -70,7 +73,11 @@ fn to_pb(tweet: Tweet) -> pb::Tweet {
 impl TweetService {
     /// Returns the service over `proxy`, taking new ids from `ids`.
     pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource) -> Self {
-        Self { proxy, ids }
+        Self {
+            proxy,
+            ids,
+            metrics: Arc::default(),
+        }
     }
 
     /// Returns the tonic server for this service.
@@ -123,9 +130,9 @@ impl TweetService {
     }
 }
 
-#[tonic::async_trait]
-impl tweets_server::Tweets for TweetService {
-    async fn post_tweet(
+/// The calls themselves; the `Tweets` impl below counts and times each.
+impl TweetService {
+    async fn do_post_tweet(
         &self,
         request: Request<pb::PostTweetRequest>,
     ) -> Result<Response<pb::Tweet>, Status> {
@@ -154,7 +161,7 @@ impl tweets_server::Tweets for TweetService {
         Ok(Response::new(to_pb(tweet)))
     }
 
-    async fn put_tweet(
+    async fn do_put_tweet(
         &self,
         request: Request<pb::PutTweetRequest>,
     ) -> Result<Response<pb::Tweet>, Status> {
@@ -167,7 +174,7 @@ impl tweets_server::Tweets for TweetService {
         Ok(Response::new(to_pb(tweet)))
     }
 
-    async fn get_tweet(
+    async fn do_get_tweet(
         &self,
         request: Request<pb::GetTweetRequest>,
     ) -> Result<Response<pb::Tweet>, Status> {
@@ -178,7 +185,7 @@ impl tweets_server::Tweets for TweetService {
         }
     }
 
-    async fn get_tweets(
+    async fn do_get_tweets(
         &self,
         request: Request<pb::GetTweetsRequest>,
     ) -> Result<Response<pb::GetTweetsResponse>, Status> {
@@ -204,7 +211,7 @@ impl tweets_server::Tweets for TweetService {
         Ok(Response::new(pb::GetTweetsResponse { tweets, missing }))
     }
 
-    async fn delete_tweet(
+    async fn do_delete_tweet(
         &self,
         request: Request<pb::DeleteTweetRequest>,
     ) -> Result<Response<pb::DeleteTweetResponse>, Status> {
@@ -233,7 +240,7 @@ impl tweets_server::Tweets for TweetService {
         Ok(Response::new(pb::DeleteTweetResponse {}))
     }
 
-    async fn user_tweets(
+    async fn do_user_tweets(
         &self,
         request: Request<pb::UserTweetsRequest>,
     ) -> Result<Response<pb::UserTweetsResponse>, Status> {
@@ -269,5 +276,56 @@ impl tweets_server::Tweets for TweetService {
             tweets,
             next_max_id,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl tweets_server::Tweets for TweetService {
+    async fn post_tweet(
+        &self,
+        request: Request<pb::PostTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let call = self.metrics.start(Method::PostTweet);
+        call.finish(self.do_post_tweet(request).await)
+    }
+
+    async fn put_tweet(
+        &self,
+        request: Request<pb::PutTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let call = self.metrics.start(Method::PutTweet);
+        call.finish(self.do_put_tweet(request).await)
+    }
+
+    async fn get_tweet(
+        &self,
+        request: Request<pb::GetTweetRequest>,
+    ) -> Result<Response<pb::Tweet>, Status> {
+        let call = self.metrics.start(Method::GetTweet);
+        call.finish(self.do_get_tweet(request).await)
+    }
+
+    async fn get_tweets(
+        &self,
+        request: Request<pb::GetTweetsRequest>,
+    ) -> Result<Response<pb::GetTweetsResponse>, Status> {
+        let call = self.metrics.start(Method::GetTweets);
+        call.finish(self.do_get_tweets(request).await)
+    }
+
+    async fn delete_tweet(
+        &self,
+        request: Request<pb::DeleteTweetRequest>,
+    ) -> Result<Response<pb::DeleteTweetResponse>, Status> {
+        let call = self.metrics.start(Method::DeleteTweet);
+        call.finish(self.do_delete_tweet(request).await)
+    }
+
+    async fn user_tweets(
+        &self,
+        request: Request<pb::UserTweetsRequest>,
+    ) -> Result<Response<pb::UserTweetsResponse>, Status> {
+        let call = self.metrics.start(Method::UserTweets);
+        call.finish(self.do_user_tweets(request).await)
     }
 }

@@ -10,6 +10,8 @@ mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_dev;
 mod tbird_ids;
+mod tbird_ledger;
+mod tbird_metrics;
 mod tbird_migrations;
 mod tbird_serve;
 mod tbird_service;

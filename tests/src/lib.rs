@@ -11,11 +11,15 @@
 //!   of acknowledged posts, for migration tests and benchmarks.
 //! - [`binary`]: builds and locates the workspace's binaries, for tests that run a daemon as
 //!   a real process (to SIGKILL it).
+//! - [`stack`]: a T-Bird stack as real processes (MariaDB servers, Snowflake, `tbird serve`)
+//!   that tests kill and restart, and how to look at it from outside (queue depth, rows,
+//!   `/metrics`).
 
 pub mod binary;
 pub mod cluster;
 pub mod kv;
 pub mod mariadb;
+pub mod stack;
 pub mod tweets;
 
 pub use mariadb::{HarnessError, MariaDb};

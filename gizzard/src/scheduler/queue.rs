@@ -89,6 +89,9 @@ const SQLITE_SCHEMA: &str = "
 const COLUMNS: &str = "id, priority, job_type, payload, shard, state, attempts, last_error, \
                        run_after_ms, lease_owner, lease_expires_ms, created_at_ms";
 
+/// The gauge of jobs in the queue, by priority and state.
+pub const DEPTH_METRIC: &str = "gizzard_queue_jobs";
+
 /// The longest `job_type`, shard id and lease owner the tables hold.
 const MAX_JOB_TYPE: usize = 64;
 const MAX_NAME: usize = 255;
@@ -1211,6 +1214,41 @@ impl JobQueue {
             *depth.entry((priority, state)).or_default() += u64::try_from(count).unwrap_or(0);
         }
         Ok(depth)
+    }
+
+    /// Publishes [`depth`](Self::depth) as the gauge `gizzard_queue_jobs{priority, state}`,
+    /// every pair included so an emptied queue reads 0 rather than its last count.
+    pub async fn record_depth(&self) -> Result<(), QueueError> {
+        let depth = self.depth().await?;
+        for priority in Priority::ALL {
+            for state in [JobState::Ready, JobState::Bad] {
+                let jobs = depth.get(&(priority, state)).copied().unwrap_or(0);
+                let labels = [("priority", priority.as_str()), ("state", state.as_str())];
+                metrics::gauge!(DEPTH_METRIC, &labels).set(jobs as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Spawns a task that calls [`record_depth`](Self::record_depth) now and then every
+    /// `interval` until `shutdown`. The count is the whole queue's, so every server reports the
+    /// same value: aggregate it with `max`, not `sum`.
+    pub fn spawn_depth_gauge(
+        self,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = self.record_depth().await {
+                    tracing::debug!(%error, "count jobs for the depth gauge failed");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
     }
 
     /// Returns how many jobs, ready or bad, target `shard`. A migration waits for this to

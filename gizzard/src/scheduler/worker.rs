@@ -7,11 +7,23 @@
 //! `error_pause`. Nothing here panics on a failure of the database or of a job: a panicking
 //! job counts as a failed run.
 //!
+//! Every run counts in `gizzard_jobs_run_total{job_type}` and its outcome in
+//! `gizzard_jobs_succeeded_total`, `gizzard_jobs_failed_total` (retried later or parked) and
+//! `gizzard_jobs_parked_total` (parked as bad), each by job type.
+//!
 //! On shutdown a worker stops at once. The job it is running, and the rest of its batch, stay
 //! leased until the lease ends; then another worker takes them over. Jobs are idempotent, so
 //! a job that ran but was not completed runs again safely.
 
-use std::{any::Any, future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use futures::FutureExt;
 use tokio::task::{JoinHandle, JoinSet};
@@ -117,10 +129,12 @@ impl Workers {
             rand::random::<u32>()
         );
         let mut workers = JoinSet::new();
+        let metrics = Arc::new(JobMetrics::default());
         for n in 0..settings.count.max(1) {
             let worker = Worker {
                 queue: queue.clone(),
                 runner: runner.clone(),
+                metrics: metrics.clone(),
                 settings: settings.clone(),
                 owner: format!("{instance}-{n}"),
                 shutdown: shutdown.clone(),
@@ -137,9 +151,63 @@ impl Workers {
     }
 }
 
+/// Job types counted by name; later ones count as `other`, so a queue holding jobs of
+/// unexpected types cannot grow the metrics without bound.
+const MAX_COUNTED_JOB_TYPES: usize = 64;
+
+/// The run and outcome counters of one job type.
+#[derive(Clone, Debug)]
+struct JobCounters {
+    run: metrics::Counter,
+    succeeded: metrics::Counter,
+    failed: metrics::Counter,
+    parked: metrics::Counter,
+}
+
+impl JobCounters {
+    fn new(job_type: &str) -> Self {
+        let counter =
+            |name: &'static str| metrics::counter!(name, "job_type" => job_type.to_owned());
+        Self {
+            run: counter("gizzard_jobs_run_total"),
+            succeeded: counter("gizzard_jobs_succeeded_total"),
+            failed: counter("gizzard_jobs_failed_total"),
+            parked: counter("gizzard_jobs_parked_total"),
+        }
+    }
+}
+
+/// The counters of every job type a pool ran, looked up once per type.
+#[derive(Debug, Default)]
+struct JobMetrics {
+    by_type: RwLock<HashMap<String, JobCounters>>,
+}
+
+impl JobMetrics {
+    fn get(&self, job_type: &str) -> JobCounters {
+        if let Some(counters) = self
+            .by_type
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(job_type)
+        {
+            return counters.clone();
+        }
+        let mut by_type = self.by_type.write().unwrap_or_else(PoisonError::into_inner);
+        if by_type.len() >= MAX_COUNTED_JOB_TYPES && !by_type.contains_key(job_type) {
+            return JobCounters::new("other");
+        }
+        by_type
+            .entry(job_type.to_owned())
+            .or_insert_with(|| JobCounters::new(job_type))
+            .clone()
+    }
+}
+
 struct Worker {
     queue: JobQueue,
     runner: Arc<dyn JobRunner>,
+    metrics: Arc<JobMetrics>,
     settings: Arc<WorkerSettings>,
     owner: String,
     shutdown: CancellationToken,
@@ -192,6 +260,8 @@ impl Worker {
                 return;
             }
         }
+        let counters = self.metrics.get(&job.job_type);
+        counters.run.increment(1);
         let timeout = self
             .runner
             .timeout(&job)
@@ -214,6 +284,7 @@ impl Worker {
         };
         let (message, counts) = match outcome {
             Ok(Ok(Ok(()))) => {
+                counters.succeeded.increment(1);
                 if let Err(error) = self.queue.complete(&job).await {
                     tracing::warn!(job_id = job.id, job_type = %job.job_type, %error,
                         "job ran but could not be completed; it may run again");
@@ -224,15 +295,19 @@ impl Worker {
             Ok(Err(panic)) => (format!("job panicked: {}", panic_message(&*panic)), true),
             Err(_) => (format!("job did not finish within {timeout:?}"), true),
         };
+        counters.failed.increment(1);
         match self.queue.fail(&job, &message, counts).await {
             Ok(FailOutcome::Retrying { attempts, delay }) => tracing::info!(
                 job_id = job.id, job_type = %job.job_type, attempts, ?delay, error = %message,
                 "job failed; retrying later"
             ),
-            Ok(FailOutcome::Parked { attempts }) => tracing::warn!(
-                job_id = job.id, job_type = %job.job_type, attempts, error = %message,
-                "job failed too often; parked as bad"
-            ),
+            Ok(FailOutcome::Parked { attempts }) => {
+                counters.parked.increment(1);
+                tracing::warn!(
+                    job_id = job.id, job_type = %job.job_type, attempts, error = %message,
+                    "job failed too often; parked as bad"
+                );
+            }
             Err(error) => tracing::warn!(
                 job_id = job.id, job_type = %job.job_type, %error, job_error = %message,
                 "record job failure failed; job left to its lease"

@@ -275,7 +275,7 @@ impl<S: PhysicalShard> ShardRouter<S> {
         let leaf = Leaf {
             id: id.clone(),
             shard,
-            health: Arc::new(LeafHealth::default()),
+            health: Arc::new(LeafHealth::new(id)),
         };
         cache.leaves.insert(
             id.clone(),

@@ -1,0 +1,437 @@
+//! A T-Bird stack in production shape, as real processes a test can kill: a nameserver on its
+//! own MariaDB server (so a dead shard host never takes the job queue with it), shard hosts on
+//! others, a Snowflake daemon and a `tbird serve`, with both tables created by `gizzmo` and
+//! replicated on every host. Also the helpers tests use to look at it from outside: the job
+//! queue's depth, every row of a host, and a `/metrics` scrape.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use mysql_async::prelude::Queryable;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{MariaDb, binary};
+
+/// Returns a loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+/// Runs a workspace binary to completion.
+pub fn run(package: &str, name: &str, args: &[&str]) -> Output {
+    Command::new(binary::path(package, name))
+        .args(args)
+        .output()
+        .expect("run binary")
+}
+
+/// Returns the standard output of a run that must succeed.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// A daemon process of the workspace, killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    package: String,
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts binary `name` of `package` with `args` (logging warnings only).
+    pub fn spawn(package: &str, name: &str, args: &[String]) -> Self {
+        let mut daemon = Self {
+            package: package.to_owned(),
+            name: name.to_owned(),
+            args: args.to_vec(),
+            child: None,
+        };
+        daemon.start();
+        daemon
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(binary::path(&self.package, &self.name))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        self.child = Some(child);
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again with the same arguments (after [`Daemon::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `ready` every 100ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !ready().await {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running stack; dropping it kills every process.
+#[derive(Debug)]
+pub struct TbirdStack {
+    pub nameserver_db: MariaDb,
+    /// The shard hosts, named `a`, `b`, ... in the topology.
+    pub hosts: Vec<MariaDb>,
+    pub snowflake: Daemon,
+    pub tbird: Daemon,
+    pub nameserver_url: String,
+    /// The tweet service, HOST:PORT.
+    pub tweets_addr: String,
+    /// The ShardManager, HOST:PORT.
+    pub admin_addr: String,
+    /// The metrics endpoint, HOST:PORT, when the server serves one.
+    pub metrics_addr: Option<String>,
+}
+
+/// The database every shard host keeps its tables in.
+pub const SHARD_DB: &str = "tbird";
+
+impl TbirdStack {
+    /// Returns the topology name of host `i`.
+    pub fn host_name(i: usize) -> String {
+        char::from(b'a' + i as u8).to_string()
+    }
+
+    /// Starts `hosts` shard servers and a nameserver server, Snowflake and `tbird serve`
+    /// (serving metrics when `metrics` is set), and creates both tables with `shards` ranges
+    /// replicated on every host.
+    pub async fn start(hosts: usize, shards: u32, metrics: bool) -> Self {
+        let mut servers = MariaDb::start_many(hosts + 1)
+            .await
+            .expect("start mariadb servers");
+        let nameserver_db = servers.remove(0);
+        let nameserver_url = nameserver_db
+            .create_database("gizzard")
+            .await
+            .expect("create nameserver db");
+        for server in &servers {
+            server
+                .create_database(SHARD_DB)
+                .await
+                .expect("create shard db");
+        }
+
+        let snowflake_addr = format!("127.0.0.1:{}", free_port());
+        let snowflake = Daemon::spawn(
+            "snowflake",
+            "snowflake",
+            &strings(&[
+                "serve",
+                "--worker-id",
+                "3",
+                "--no-metrics",
+                "--listen",
+                &snowflake_addr,
+            ]),
+        );
+        wait_until("snowflake answers", Duration::from_secs(30), || async {
+            run(
+                "snowflake",
+                "snowflake",
+                &["get", "--addr", &snowflake_addr],
+            )
+            .status
+            .success()
+        })
+        .await;
+
+        let tweets_addr = format!("127.0.0.1:{}", free_port());
+        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let metrics_addr = metrics.then(|| format!("127.0.0.1:{}", free_port()));
+        let tbird = Daemon::spawn(
+            "tbird",
+            "tbird",
+            &strings(&[
+                "serve",
+                "--nameserver-url",
+                &nameserver_url,
+                "--snowflake-addr",
+                &snowflake_addr,
+                "--listen",
+                &tweets_addr,
+                "--admin-listen",
+                &admin_addr,
+                "--metrics-listen",
+                metrics_addr.as_deref().unwrap_or("off"),
+            ]),
+        );
+        let stack = Self {
+            nameserver_db,
+            hosts: servers,
+            snowflake,
+            tbird,
+            nameserver_url,
+            tweets_addr,
+            admin_addr,
+            metrics_addr,
+        };
+        stack.wait_serving().await;
+        for (i, host) in stack.hosts.iter().enumerate() {
+            ok(stack.gizzmo(&["add-host", &Self::host_name(i), &host.url(SHARD_DB)]));
+        }
+        let replicas: Vec<String> = (0..hosts).map(Self::host_name).collect();
+        let replicas = replicas.join(",");
+        let shards = shards.to_string();
+        for (table, class) in [("1", "TweetShard"), ("2", "TimelineShard")] {
+            ok(stack.gizzmo(&[
+                "create-table",
+                table,
+                "--shards",
+                &shards,
+                "--replicas",
+                &replicas,
+                "--class",
+                class,
+            ]));
+        }
+        stack
+    }
+
+    /// Runs gizzmo against the server's ShardManager.
+    pub fn gizzmo(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--addr", self.admin_addr.as_str()];
+        all.extend_from_slice(args);
+        run("gizzard", "gizzmo", &all)
+    }
+
+    /// Waits until the tbird server answers admin calls (after a start or a restart).
+    pub async fn wait_serving(&self) {
+        wait_until("tbird serve answers", Duration::from_secs(30), || async {
+            self.gizzmo(&["hosts"]).status.success()
+        })
+        .await;
+    }
+
+    /// Returns the job queue's depth, summed over priorities, as (ready, bad).
+    pub async fn queue_depth(&self) -> (u64, u64) {
+        let db = gizzard::db::Database::open(&self.nameserver_url, Duration::from_secs(10))
+            .await
+            .expect("open nameserver db");
+        let queue = gizzard::scheduler::JobQueue::open(db)
+            .await
+            .expect("open job queue");
+        let depth = queue.depth().await.expect("count jobs");
+        let sum = |state| {
+            depth
+                .iter()
+                .filter(|((_, s), _)| *s == state)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        (
+            sum(gizzard::scheduler::JobState::Ready),
+            sum(gizzard::scheduler::JobState::Bad),
+        )
+    }
+
+    /// Waits until the job queue holds no job at all; panics after `limit`, or at once when a
+    /// job was parked as bad (nothing would ever run it).
+    pub async fn drain(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let (ready, bad) = self.queue_depth().await;
+            assert_eq!(bad, 0, "jobs parked as bad");
+            if ready == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "queue did not drain within {limit:?}: {ready} ready"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Returns the metrics the server serves now.
+    pub async fn scrape(&self) -> Metrics {
+        let addr = self.metrics_addr.as_deref().expect("metrics are served");
+        scrape(addr).await.expect("scrape /metrics")
+    }
+}
+
+impl Drop for TbirdStack {
+    fn drop(&mut self) {
+        // The server first, so it does not log the databases going away.
+        self.tbird.kill();
+        self.snowflake.kill();
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Every row of every table in database `db` of `server`, by table, each row as SQL literals
+/// in a sorted set.
+pub async fn all_rows(server: &MariaDb, db: &str) -> BTreeMap<String, BTreeSet<Vec<String>>> {
+    let mut conn = server.connect(db).await.expect("connect to shard host");
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.expect("list tables");
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let rows: Vec<mysql_async::Row> = conn
+            .query(format!("SELECT * FROM `{table}`"))
+            .await
+            .expect("read table");
+        let rows = rows
+            .into_iter()
+            .map(|row| row.unwrap().iter().map(|v| v.as_sql(false)).collect())
+            .collect();
+        out.insert(table, rows);
+    }
+    conn.disconnect().await.expect("disconnect");
+    out
+}
+
+/// Series of a Prometheus text scrape: `name{label="value",...}` with labels sorted by name,
+/// to its value.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    /// Parses Prometheus text format, skipping comments.
+    pub fn parse(text: &str) -> Self {
+        let mut series = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            series.insert(normalize(key), value);
+        }
+        Self(series)
+    }
+
+    /// Returns the value of series `name` with exactly `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.get(&series_key(name, labels)).copied()
+    }
+
+    /// Returns the sum of every series `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// Returns the series `name` whose labels include `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a String, f64)> + 'a {
+        self.0.iter().filter_map(move |(key, value)| {
+            let (series_name, rest) = key.split_once('{').unwrap_or((key.as_str(), ""));
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (series_name == name && wanted).then_some((key, *value))
+        })
+    }
+}
+
+fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return name.to_owned();
+    }
+    let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    labels.sort();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+/// Sorts the labels of `name{...}` so keys compare whatever order the exporter used. Label
+/// values here never hold commas or braces.
+fn normalize(key: &str) -> String {
+    let Some((name, rest)) = key.split_once('{') else {
+        return key.to_owned();
+    };
+    let mut labels: Vec<&str> = rest
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .collect();
+    labels.sort_unstable();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+/// Fetches `http://addr/metrics` with a plain HTTP/1.1 request and parses the body.
+pub async fn scrape(addr: &str) -> io::Result<Metrics> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "scrape timed out"))??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!("scrape answered {head:?}")));
+    }
+    Ok(Metrics::parse(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrapes_parse_whatever_the_label_order() {
+        let text = "# TYPE x counter\nx{b=\"2\",a=\"1\"} 3\ny 4.5\nz_bucket{le=\"+Inf\"} 1\n";
+        let m = Metrics::parse(text);
+        assert_eq!(m.get("x", &[("a", "1"), ("b", "2")]), Some(3.0));
+        assert_eq!(m.get("y", &[]), Some(4.5));
+        assert_eq!(m.sum("x", &[("a", "1")]), 3.0);
+        assert_eq!(m.get("z_bucket", &[("le", "+Inf")]), Some(1.0));
+    }
+}

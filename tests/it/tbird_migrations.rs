@@ -14,7 +14,11 @@ use tests::tweets::{
 
 /// Posts from four tasks, a few hundred a second in all.
 async fn writer(server: &TweetServer) -> TweetWriter {
-    TweetWriter::start(&server.tweets, 4, Duration::from_millis(5)).await
+    writer_at(&server.tweets).await
+}
+
+async fn writer_at(addr: &str) -> TweetWriter {
+    TweetWriter::start(addr, 4, Duration::from_millis(5)).await
 }
 
 /// Checks what every migration test promises: nothing acknowledged is lost, the replicas
@@ -245,62 +249,103 @@ async fn until_copying(
     }
 }
 
+/// Loads `rows` tweets straight into every replica of `prefix`'s tweet table, so a copy has
+/// many pages to go.
+async fn load(hosts: &[tests::MariaDb], prefix: &str, first_id: u64, rows: u64) {
+    use gizzard::shards::PhysicalShard;
+    for host in hosts {
+        let db = gizzard::db::Database::open(&host.url("tbird"), Duration::from_secs(30))
+            .await
+            .expect("open host");
+        let info = gizzard::nameserver::ShardInfo {
+            id: format!("x/{prefix}").parse().expect("id"),
+            class_name: tbird::store::TWEET_SHARD.into(),
+            busy: false,
+        };
+        let shard = tbird::store::TbirdShard::new(&info, tbird::store::Kind::Tweets, db);
+        let tweets: Vec<tbird::store::Row> = (0..rows)
+            .map(|i| {
+                tbird::store::Row::Tweet(tbird::tweet::Tweet {
+                    id: first_id + i,
+                    user_id: 1 + i % 100,
+                    text: format!("loaded tweet {i}"),
+                    in_reply_to: None,
+                    deleted: false,
+                })
+            })
+            .collect();
+        shard.write_rows(&tweets).await.expect("load");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebalance_resumes_after_its_server_is_killed_mid_copy() {
-    let (cluster, first) = TweetCluster::start(3, 2, 2).await;
-    // Enough rows that the throttled copy takes a few seconds.
-    let writes = TweetWriter::start(&first.tweets, 8, Duration::ZERO).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    first.kill().await;
+async fn a_rebalance_resumes_after_its_server_process_is_killed_mid_copy() {
+    use tests::stack::{TbirdStack, ok, wait_until};
+    let mut stack = TbirdStack::start(2, 2, false).await;
+    let third = tests::MariaDb::start().await.expect("mariadb");
+    let url = third.create_database("tbird").await.expect("db");
+    ok(stack.gizzmo(&["add-host", "c", &url]));
+    load(&stack.hosts, "t1_0000", 1 << 40, 20_000).await;
+    load(&stack.hosts, "t1_0001", 1 << 41, 20_000).await;
+    let writes = writer_at(&stack.tweets_addr).await;
+
+    // Slow copies, so the server can be killed while one runs.
+    let started = ok(stack.gizzmo(&[
+        "rebalance",
+        "--max-copies",
+        "1",
+        "--rows-per-second",
+        "4000",
+        "--detach",
+        "--json",
+    ]));
+    let id = serde_json::from_str::<serde_json::Value>(&started).expect("json")["id"]
+        .as_u64()
+        .expect("a migration id");
+    let show = |stack: &TbirdStack| {
+        let text = ok(stack.gizzmo(&["migration", &id.to_string(), "--json"]));
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")
+    };
+    wait_until("a move copies", Duration::from_secs(60), || async {
+        show(&stack)["children"]
+            .as_array()
+            .expect("children")
+            .iter()
+            .any(|c| c["step"] == "copy" && c["rows_copied"].as_u64() > Some(0))
+    })
+    .await;
+    stack.tbird.kill();
     let mut ledger = writes.stop().await;
-    ledger.failures.clear(); // posts in flight when the server died
+    ledger.failures.clear(); // posts cut off by the kill were not acknowledged
 
-    let server = cluster.serve(throttled(&cluster.nameserver_url)).await;
-    let mut admin = cluster.admin(&server).await;
-    let started = admin
-        .start_migration(gpb::StartMigrationRequest {
-            kind: Some(Kind::Rebalance(gpb::RebalanceRequest {
-                max_copies: 1,
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
-        .await
-        .expect("start")
-        .into_inner();
-    assert!(!started.resumed);
-    until_copying(&mut admin, started.id).await;
-    let writes = writer(&server).await;
-    server.kill().await;
-    let before_kill = writes.stop().await;
-    ledger.acked.extend(before_kill.acked);
-
-    // A new server takes the job over once its lease ends; asking again attaches to it.
-    let server = cluster.serve(throttled(&cluster.nameserver_url)).await;
-    let mut admin = cluster.admin(&server).await;
-    let again = admin
-        .start_migration(gpb::StartMigrationRequest {
-            kind: Some(Kind::Rebalance(gpb::RebalanceRequest::default())),
-            ..Default::default()
-        })
-        .await
-        .expect("rerun")
-        .into_inner();
-    assert!(again.resumed, "{again:?}");
-    assert_eq!(again.id, started.id);
-    let writes = writer(&server).await;
-    let done = wait_migration(&mut admin, started.id).await;
-    assert_eq!(done.status, "done", "{done:?}");
-    assert!(done.children.iter().all(|c| c.status == "done"), "{done:?}");
-    // The interrupted move went on from its saved cursor, not from the start.
+    stack.tbird.restart();
+    stack.wait_serving().await;
+    let writes = writer_at(&stack.tweets_addr).await;
+    // Rerunning attaches to the stored plan and watches it finish once the dead server's
+    // job lease has ended and a worker of the new process took the job over.
+    let rerun = stack.gizzmo(&["rebalance"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&rerun.stdout).to_string(),
+        String::from_utf8_lossy(&rerun.stderr).to_string(),
+    );
+    assert!(rerun.status.success(), "{out}\n{err}");
+    assert!(err.contains("already running"), "{err}");
+    let done = show(&stack);
+    assert_eq!(done["status"], "done", "{done:#}");
+    let children = done["children"].as_array().expect("children");
+    assert!(children.iter().all(|c| c["status"] == "done"), "{done:#}");
     assert!(
-        done.children.iter().any(|c| c.resumes > 0),
-        "no copy resumed: {done:?}"
+        children.iter().any(|c| c["resumes"].as_u64() > Some(0)),
+        "the interrupted copy went on from its saved cursor: {done:#}"
     );
     let after = writes.stop().await;
     ledger.acked.extend(after.acked);
     ledger.failures.extend(after.failures);
-    check(&cluster, &server, &ledger).await;
+    assert!(ledger.failures.is_empty(), "{:?}", ledger.failures);
+    let lost = missing(&stack.tweets_addr, &ledger.acked).await;
+    assert!(lost.is_empty(), "acknowledged tweets lost: {lost:?}");
+    let on_c = ok(stack.gizzmo(&["shards", "--host", "c"]));
+    assert_eq!(on_c.matches("c/").count(), 2, "{on_c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -400,10 +400,21 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
     use mysql_async::prelude::Queryable;
     let (cluster, server) = TweetCluster::start(2, 2, 1).await;
     let writes = writer(&server).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = cluster.hosts[1].connect("tbird").await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: Option<i64> = conn
+            .query_first("SELECT COUNT(*) FROM tweets_0000_tweets")
+            .await
+            .expect("count");
+        if rows >= Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writer posted too little");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Damage h1's replica behind the proxy's back: drop three tweets, tombstone one, and
     // add one the other replica lacks.
-    let mut conn = cluster.hosts[1].connect("tbird").await.expect("connect");
     let ids: Vec<i64> = conn
         .query("SELECT id FROM tweets_0000_tweets ORDER BY id LIMIT 5")
         .await
@@ -446,7 +457,7 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
         diff.differing_keys, damaged,
         "exactly the damaged keys, while writes flow"
     );
-    assert!(diff.rows_compared > 100, "{diff:?}");
+    assert!(diff.rows_compared >= 200, "{diff:?}");
 
     let repair = run_migration(&mut admin, Kind::Repair(pair())).await;
     assert_eq!(repair.status, "done", "{repair:?}");

@@ -631,8 +631,9 @@ impl BenchReport {
                 column.set_cell_alignment(CellAlignment::Right);
             }
         }
+        // The preset pads every cell by one space: drop the margin and the trailing blanks.
         for line in table.lines() {
-            out.push_str(line.trim_end());
+            out.push_str(line.strip_prefix(' ').unwrap_or(&line).trim_end());
             out.push('\n');
         }
         for target in std::iter::once(&self.proxy).chain(&self.direct) {

@@ -2,7 +2,9 @@
 # Runs the benchmarks whose figures the issues quote, on this machine:
 #   1. Snowflake unary GetId at concurrency 32 over loopback (ids/s, p50/p99/p999);
 #   2. Snowflake GetIds batches of 100,000 from one worker (ids/s);
-#   3. Gizzard routing lookups with 1, 1,000 and 100,000 forwardings (median ns).
+#   3. Gizzard routing lookups with 1, 1,000 and 100,000 forwardings (median ns);
+#   4. tbird serve on two MariaDB replicas against the same SQL sent straight to the shards,
+#      at concurrency 32: GetTweet, PostTweet and a mix (ops/s, p50/p99/p999, proxy/direct).
 # The daemon runs with one async thread so the load generator keeps the other core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +26,6 @@ echo "== snowflake GetIds, batches of 100000, concurrency 4"
 echo
 echo "== gizzard routing lookups"
 cargo bench --locked -p gizzard --bench routing
+echo
+echo "== tbird bench on two MariaDB replicas, against direct SQL"
+DURATION=$duration cargo bench --locked -p tests --bench tbird_load

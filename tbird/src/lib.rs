@@ -2,6 +2,7 @@
 //! on replicated MySQL shards, with ids from Snowflake.
 //!
 //! - [`tweet`]: the tweet and the rules its fields obey.
+//! - [`bench`]: `tbird bench`, load against a server, optionally against its shards directly.
 //! - [`dev`]: `tbird dev`, the whole stack in one process on SQLite files.
 //! - [`metrics`]: the Prometheus metrics of `tbird serve` and `tbird dev`.
 //! - [`ids`]: tweet ids from Snowflake, prefetched in batches (or from an in-process worker).
@@ -10,6 +11,7 @@
 //! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
 
+pub mod bench;
 pub mod dev;
 pub mod ids;
 pub mod metrics;

@@ -9,6 +9,7 @@ use proto::tbird::v1::{
     tweets_client::TweetsClient,
 };
 use tbird::{
+    bench::{self, BenchSettings, Mix},
     dev::{self, DevSettings},
     server::ServerConfig,
 };
@@ -107,6 +108,62 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Load a server with a mix of calls and report ops/s and latency per call, optionally
+    /// beside the same SQL sent straight to the shards.
+    Bench {
+        /// Tweet service address, HOST:PORT.
+        #[arg(long, env = "TBIRD_ADDR", default_value = "127.0.0.1:7915")]
+        addr: String,
+        /// Callers in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Measured time per target and round.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Unmeasured time before each measured run.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Measured runs per target, alternating between the proxy and the baseline.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Operations with weights: post, get, multi-get, timeline.
+        #[arg(long, default_value = "post=20,get=60,multi-get=10,timeline=10")]
+        mix: Mix,
+        /// Run one operation alone, instead of the mix.
+        #[arg(long, conflicts_with = "mix")]
+        op: Option<bench::Op>,
+        /// Tweets are posted by users 1 to N.
+        #[arg(long, default_value_t = 500)]
+        users: u64,
+        /// Tweets posted before measuring, for reads to find.
+        #[arg(long, default_value_t = 10_000)]
+        preload: usize,
+        /// Ids per multi-get.
+        #[arg(long, default_value_t = 20)]
+        multi_get: usize,
+        /// Tweets per timeline page.
+        #[arg(long, default_value_t = 20)]
+        page: u32,
+        /// HTTP/2 connections the callers share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Also run the workload without the proxy: `direct` sends the same SQL to the shards.
+        #[arg(long, value_enum, requires = "nameserver_url")]
+        baseline: Option<Baseline>,
+        /// The nameserver to read the shards' topology from, for `--baseline direct`.
+        #[arg(long, env = "TBIRD_NAMESERVER_URL")]
+        nameserver_url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `tbird bench` compares the proxy with.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Baseline {
+    /// The same SQL sent straight to the shards.
+    Direct,
 }
 
 #[derive(clap::Args)]
@@ -297,6 +354,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
             client.print(&page.tweets);
             if let (Some(next), false) = (page.next_max_id, client.json) {
                 println!("more: --max-id {next}");
+            }
+            Ok(())
+        }
+        Command::Bench {
+            addr,
+            concurrency,
+            duration,
+            warmup,
+            rounds,
+            mix,
+            op,
+            users,
+            preload,
+            multi_get,
+            page,
+            connections,
+            baseline,
+            nameserver_url,
+            json,
+        } => {
+            let settings = BenchSettings {
+                addr,
+                concurrency,
+                duration,
+                warmup,
+                rounds,
+                mix: op.map_or(mix, |op| Mix(vec![(op, 1)])),
+                users,
+                preload,
+                multi_get,
+                page,
+                connections,
+                direct_nameserver_url: baseline.and(nameserver_url),
+            };
+            let report = bench::run(settings).await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.table());
             }
             Ok(())
         }

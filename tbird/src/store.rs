@@ -566,11 +566,10 @@ impl PhysicalShard for TbirdShard {
     }
 }
 
-impl WriteOp<TbirdShard> for TbirdWrite {
-    const JOB_TYPE: &'static str = "tbird.write";
-
-    async fn apply(&self, shard: &TbirdShard) -> Result<(), ShardError> {
-        let row = match self {
+impl TbirdWrite {
+    /// Returns the row this write merges in.
+    fn row(&self) -> Row {
+        match self {
             TbirdWrite::PutTweet(tweet) => Row::Tweet(tweet.clone()),
             TbirdWrite::DeleteTweet { id } => Row::Tweet(Tweet {
                 id: *id,
@@ -589,7 +588,23 @@ impl WriteOp<TbirdShard> for TbirdWrite {
                 tweet_id: *tweet_id,
                 deleted: true,
             },
-        };
-        shard.merge(std::slice::from_ref(&row)).await
+        }
+    }
+}
+
+impl WriteOp<TbirdShard> for TbirdWrite {
+    const JOB_TYPE: &'static str = "tbird.write";
+
+    async fn apply(&self, shard: &TbirdShard) -> Result<(), ShardError> {
+        shard.merge(&[self.row()]).await
+    }
+
+    /// Merges the whole batch in one statement: a leaf holds one kind of row, and rows of one
+    /// key merge in any order (a tombstone and its tweet in one batch still end deleted).
+    async fn apply_batch(ops: &[&Self], shard: &TbirdShard) -> Result<(), ShardError> {
+        let mut rows: Vec<Row> = ops.iter().map(|op| op.row()).collect();
+        // Concurrent batches lock their rows in key order, so they cannot deadlock each other.
+        rows.sort_by_key(TbirdShard::cursor_of);
+        shard.merge(&rows).await
     }
 }

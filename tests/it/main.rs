@@ -8,6 +8,7 @@ mod gizzmo_cli;
 mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
+mod tbird_coalesce;
 mod tbird_dev;
 mod tbird_ids;
 mod tbird_ledger;

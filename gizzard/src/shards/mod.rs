@@ -10,7 +10,9 @@
 //!   per leaf and one connection pool per host across reloads.
 //! - [`write`]: the write path: apply a write to every writable leaf in parallel, store a
 //!   retry job for each leaf that failed, and run those jobs.
+//! - [`coalesce`]: group commit: concurrent writes to one leaf share multi-row statements.
 
+pub mod coalesce;
 pub mod health;
 pub mod node;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! The write path. A write is an idempotent, commutative operation ([`WriteOp`]) applied to
-//! every writable leaf of its key's tree in parallel, each under a deadline. A leaf that
+//! every writable leaf of its key's tree in parallel, each under a deadline; concurrent writes
+//! to one leaf share multi-row statements (see [`super::coalesce`]). A leaf that
 //! fails, times out, is suspect, or sits behind a ReadOnly or Blocked node gets a retry job in
 //! the durable queue. The caller is acknowledged once every leaf has applied the write or has
 //! a stored retry job; when storing fails the caller gets [`WriteError::NotDurable`], and since
@@ -10,11 +11,11 @@
 //! the job waits without counting; gone from the key's tree (moved by a migration), the write
 //! goes to the key's current tree instead, so nothing acknowledged is lost.
 
-use std::{future::Future, marker::PhantomData, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Leaf, PhysicalShard, ShardError, ShardRouter, router::RouteError};
+use super::{PhysicalShard, ShardError, ShardRouter, coalesce::Coalescer, router::RouteError};
 use crate::{
     nameserver::ShardId,
     scheduler::{ClaimedJob, JobQueue, NewJob, Priority, QueueError},
@@ -25,7 +26,8 @@ pub const DEFAULT_LEAF_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A write of the application: idempotent (applying it twice changes nothing) and commutative
 /// (writes to one key in any order converge), so replicas may apply it late and repeatedly.
-pub trait WriteOp<S>: Serialize + DeserializeOwned + Send + Sync + 'static {
+/// It is `Clone` so that a write can wait in a leaf's queue after its caller has given up.
+pub trait WriteOp<S>: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The job type of this write's retries.
     const JOB_TYPE: &'static str;
 
@@ -34,6 +36,23 @@ pub trait WriteOp<S>: Serialize + DeserializeOwned + Send + Sync + 'static {
         &'a self,
         shard: &'a S,
     ) -> impl Future<Output = Result<(), ShardError>> + Send + 'a;
+
+    /// Applies several writes to one physical shard, all or (on error) any part of them.
+    /// Override it to send them in one statement; by default they go one by one.
+    fn apply_batch<'a>(
+        ops: &'a [&'a Self],
+        shard: &'a S,
+    ) -> impl Future<Output = Result<(), ShardError>> + Send + 'a
+    where
+        S: Sync,
+    {
+        async move {
+            for op in ops {
+                op.apply(shard).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Why a write was not acknowledged.
@@ -68,7 +87,7 @@ pub struct Writer<S, W> {
     router: Arc<ShardRouter<S>>,
     queue: JobQueue,
     leaf_timeout: Duration,
-    _op: PhantomData<fn(W)>,
+    batches: Coalescer<S, W>,
 }
 
 impl<S, W> std::fmt::Debug for Writer<S, W> {
@@ -86,7 +105,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
             router,
             queue,
             leaf_timeout,
-            _op: PhantomData,
+            batches: Coalescer::new(leaf_timeout),
         }
     }
 
@@ -101,7 +120,8 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
         let tree = self.router.tree(table_id, key).await?;
         let plan = tree.write_plan();
         let results =
-            futures::future::join_all(plan.leaves.iter().map(|leaf| self.apply(leaf, op))).await;
+            futures::future::join_all(plan.leaves.iter().map(|leaf| self.batches.apply(leaf, op)))
+                .await;
         let mut retries: Vec<(&ShardId, ShardError)> = Vec::new();
         let mut applied = 0;
         for (leaf, result) in plan.leaves.iter().zip(results) {
@@ -123,32 +143,6 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
             self.enqueue(table_id, key, op, &retries).await?;
         }
         Ok(outcome)
-    }
-
-    /// Applies `op` to one leaf under the deadline. A suspect leaf is not tried: its write goes
-    /// straight to the queue, so a dead replica does not slow every write down.
-    async fn apply(&self, leaf: &Leaf<S>, op: &W) -> Result<(), ShardError> {
-        if leaf.health.is_suspect() {
-            return Err(ShardError::Unavailable {
-                shard: leaf.id.to_string(),
-                reason: "failing; retried from the queue".into(),
-            });
-        }
-        let result = match tokio::time::timeout(self.leaf_timeout, op.apply(&leaf.shard)).await {
-            Ok(result) => result,
-            Err(_) => Err(ShardError::Timeout {
-                shard: leaf.id.to_string(),
-                after: self.leaf_timeout,
-            }),
-        };
-        match &result {
-            Ok(()) => leaf.health.succeeded(),
-            Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
-                leaf.health.failed()
-            }
-            Err(_) => {}
-        }
-        result
     }
 
     async fn enqueue(

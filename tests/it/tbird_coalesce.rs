@@ -1,0 +1,375 @@
+//! Coalesced writes on two MariaDB replicas: concurrent posts share multi-row statements and
+//! still land on both replicas; a tweet and its tombstone in one statement end deleted; a
+//! replica frozen under concurrent posts gets a retry job per write and catches up once it
+//! thaws.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use db::Database;
+use gizzard::{
+    nameserver::{ShardId, ShardInfo},
+    scheduler::JobFilter,
+    shards::{PhysicalShard, WriteOp},
+};
+use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, UserTweetsRequest};
+use snowflake::{clock::SystemClock, worker::IdWorker};
+use tbird::{
+    ids::IdSource,
+    service::{TbirdProxy, TweetService},
+    store::{Kind, Row, TWEETS_TABLE, TbirdShard, TbirdWrite},
+    tweet::Tweet,
+};
+use tests::{MariaDb, cluster::test_settings};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+type Client = proto::tbird::v1::tweets_client::TweetsClient<Channel>;
+
+/// A tweet service on a proxy over two MariaDB replicas (`h0`, `h1`), with the nameserver and
+/// job queue on a third server.
+struct Stack {
+    _nameserver: MariaDb,
+    hosts: Vec<MariaDb>,
+    proxy: Arc<TbirdProxy>,
+    client: Client,
+    shutdown: CancellationToken,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        use proto::gizzard::v1::shard_manager_server::ShardManager;
+        let mut servers = MariaDb::start_many(3).await.expect("mariadb");
+        let nameserver = servers.remove(0);
+        let url = nameserver.create_database("gizzard").await.expect("ns db");
+        let mut hosts = Vec::new();
+        for (i, server) in servers.iter().enumerate() {
+            let shard_db = server.create_database("tbird").await.expect("shard db");
+            hosts.push((format!("h{i}"), shard_db));
+        }
+        let shutdown = CancellationToken::new();
+        let proxy: TbirdProxy = gizzard::server::Proxy::start(
+            test_settings(&url),
+            tbird::store::registry(),
+            HashMap::new(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("start proxy");
+        let changes = tbird::topology::default_changes(&hosts, 4).expect("valid host names");
+        let request = proto::gizzard::v1::ApplyRequest {
+            changes: changes
+                .iter()
+                .map(gizzard::manager::convert::change_to_pb)
+                .collect(),
+        };
+        proxy
+            .manager()
+            .apply(tonic::Request::new(request))
+            .await
+            .expect("create the tables");
+        let proxy = Arc::new(proxy);
+        let clock = Arc::new(SystemClock::default());
+        let ids = IdSource::Local(Arc::new(IdWorker::fixed(clock, 5, 0, 3)));
+        let service = TweetService::new(proxy.clone(), ids).into_server();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.cancelled(),
+                )
+                .await
+        });
+        let client = Client::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        Self {
+            _nameserver: nameserver,
+            hosts: servers,
+            proxy,
+            client,
+            shutdown,
+        }
+    }
+
+    /// Posts `n` tweets at once (users 1 to 5); returns them, each acknowledged.
+    async fn post_concurrently(&self, n: u64) -> Vec<proto::tbird::v1::Tweet> {
+        let posts = (0..n).map(|i| {
+            let mut client = self.client.clone();
+            async move {
+                let request = PostTweetRequest {
+                    user_id: 1 + i % 5,
+                    text: format!("tweet {i}").into_bytes(),
+                    in_reply_to: None,
+                };
+                client.post_tweet(request).await.map(|r| r.into_inner())
+            }
+        });
+        futures::future::join_all(posts)
+            .await
+            .into_iter()
+            .map(|r| r.expect("post acknowledged"))
+            .collect()
+    }
+
+    /// Returns every row of every leaf on host `host`, by table prefix.
+    async fn rows_on(&self, host: &str) -> HashMap<String, Vec<Row>> {
+        let topology = self.proxy.nameserver.load().await.expect("topology");
+        let mut out = HashMap::new();
+        for id in topology.shards.keys().filter(|id| id.hostname == host) {
+            let leaf = self.proxy.router.leaf(id).await.expect("leaf");
+            let rows = leaf
+                .shard
+                .read_page(None, 100_000, None)
+                .await
+                .expect("rows");
+            out.insert(id.table_prefix.clone(), rows);
+        }
+        out
+    }
+
+    /// Waits until the job queue is empty, or panics after a minute.
+    async fn drain(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            let depth = self.proxy.queue.depth().await.expect("queue depth");
+            if depth.values().all(|&n| n == 0) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "queue did not drain: {depth:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that both replicas hold the same rows, `tweets` tweets in all, every one live.
+    async fn assert_replicas_hold(&self, tweets: &[proto::tbird::v1::Tweet]) {
+        let (h0, h1) = (self.rows_on("h0").await, self.rows_on("h1").await);
+        assert_eq!(h0, h1, "the replicas differ");
+        let stored: HashMap<u64, &Tweet> = h0
+            .values()
+            .flatten()
+            .filter_map(|row| match row {
+                Row::Tweet(t) => Some((t.id, t)),
+                Row::Timeline { .. } => None,
+            })
+            .collect();
+        let entries = h0
+            .values()
+            .flatten()
+            .filter(|row| matches!(row, Row::Timeline { deleted: false, .. }))
+            .count();
+        assert_eq!(stored.len(), tweets.len());
+        assert_eq!(entries, tweets.len(), "one timeline entry per tweet");
+        for t in tweets {
+            let got = stored.get(&t.id).expect("stored");
+            assert_eq!(
+                (got.user_id, got.text.as_bytes(), got.deleted),
+                (t.user_id, &t.text[..], false)
+            );
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_land_on_both_replicas_and_read_back() {
+    let mut stack = Stack::start().await;
+    let posted = stack.post_concurrently(300).await;
+    // Nothing failed on a healthy cluster, but a busy machine may push a write past the leaf
+    // deadline into the queue: let it drain before comparing replicas.
+    stack.drain().await;
+    stack.assert_replicas_hold(&posted).await;
+
+    let ids: Vec<u64> = posted.iter().map(|t| t.id).collect();
+    let got = stack
+        .client
+        .get_tweets(GetTweetsRequest { ids: ids.clone() })
+        .await
+        .expect("multi-get")
+        .into_inner();
+    assert!(got.missing.is_empty(), "missing {:?}", got.missing);
+    assert_eq!(got.tweets.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+    let page = UserTweetsRequest {
+        user_id: 1,
+        max_id: None,
+        limit: 200,
+    };
+    let timeline = stack
+        .client
+        .user_tweets(page)
+        .await
+        .expect("timeline")
+        .into_inner();
+    let mut expected: Vec<u64> = posted
+        .iter()
+        .filter(|t| t.user_id == 1)
+        .map(|t| t.id)
+        .collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(
+        timeline.tweets.iter().map(|t| t.id).collect::<Vec<_>>(),
+        expected
+    );
+}
+
+fn tweet(id: u64) -> Tweet {
+    Tweet {
+        id,
+        user_id: 4,
+        text: format!("tweet {id}"),
+        in_reply_to: None,
+        deleted: false,
+    }
+}
+
+/// One statement holding a tweet and its tombstone, in either order, stores it deleted with
+/// its content; the same holds for a timeline entry and its removal.
+async fn put_and_delete_in_one_statement(db: Database) {
+    let shard = |kind, prefix: &str| {
+        let info = ShardInfo {
+            id: ShardId::new("h", prefix).expect("id"),
+            class_name: String::new(),
+            busy: false,
+        };
+        TbirdShard::new(&info, kind, db.clone())
+    };
+    let (tweets, timeline) = (
+        shard(Kind::Tweets, "t1_0000"),
+        shard(Kind::Timelines, "t2_0000"),
+    );
+    tweets.materialize().await.expect("tweets table");
+    timeline.materialize().await.expect("timeline table");
+
+    let (put_a, del_a) = (
+        TbirdWrite::PutTweet(tweet(1)),
+        TbirdWrite::DeleteTweet { id: 1 },
+    );
+    let (put_b, del_b) = (
+        TbirdWrite::PutTweet(tweet(2)),
+        TbirdWrite::DeleteTweet { id: 2 },
+    );
+    let live = TbirdWrite::PutTweet(tweet(3));
+    TbirdWrite::apply_batch(&[&put_a, &live, &del_a, &del_b, &put_b], &tweets)
+        .await
+        .expect("one statement");
+    let got = tweets.get_tweets(&[1, 2, 3]).await.expect("read");
+    let deleted = |id| Tweet {
+        deleted: true,
+        ..tweet(id)
+    };
+    assert_eq!(got, [deleted(1), deleted(2), tweet(3)]);
+
+    let add = TbirdWrite::AddToTimeline {
+        user_id: 4,
+        tweet_id: 1,
+    };
+    let remove = TbirdWrite::RemoveFromTimeline {
+        user_id: 4,
+        tweet_id: 1,
+    };
+    let other = TbirdWrite::AddToTimeline {
+        user_id: 4,
+        tweet_id: 3,
+    };
+    TbirdWrite::apply_batch(&[&remove, &other, &add], &timeline)
+        .await
+        .expect("one statement");
+    assert_eq!(timeline.timeline(4, None, 10).await.expect("timeline"), [3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tweet_and_its_tombstone_in_one_statement_end_deleted_on_mariadb() {
+    let server = MariaDb::start().await.expect("mariadb");
+    let url = server.create_database("tbird").await.expect("db");
+    let db = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open");
+    put_and_delete_in_one_statement(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tweet_and_its_tombstone_in_one_statement_end_deleted_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("shard.db").display());
+    let db = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open");
+    put_and_delete_in_one_statement(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_and_deletes_of_the_same_tweets_end_deleted_on_both_replicas() {
+    let stack = Stack::start().await;
+    let writer = &stack.proxy.writer;
+    let writes = (1..=100u64).flat_map(|id| {
+        let put = TbirdWrite::PutTweet(tweet(id));
+        let delete = TbirdWrite::DeleteTweet { id };
+        [(id, put), (id, delete)]
+    });
+    let results = futures::future::join_all(
+        writes.map(|(id, op)| async move { writer.write(TWEETS_TABLE, id, &op).await }),
+    )
+    .await;
+    for result in results {
+        result.expect("write acknowledged");
+    }
+    stack.drain().await;
+    let (h0, h1) = (stack.rows_on("h0").await, stack.rows_on("h1").await);
+    assert_eq!(h0, h1, "the replicas differ");
+    let rows: Vec<&Row> = h0.values().flatten().collect();
+    assert_eq!(rows.len(), 100);
+    for row in rows {
+        let Row::Tweet(t) = row else {
+            panic!("a timeline row from tweet writes: {row:?}");
+        };
+        assert_eq!(
+            *t,
+            Tweet {
+                deleted: true,
+                ..tweet(t.id)
+            }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
+    let mut stack = Stack::start().await;
+    let before = stack.post_concurrently(20).await;
+    stack.drain().await;
+
+    // Frozen, the replica accepts connections and answers nothing: every write to it waits
+    // out the leaf deadline (alone or batched) and is queued.
+    stack.hosts[1].pause();
+    let during = stack.post_concurrently(60).await;
+    let jobs = stack
+        .proxy
+        .queue
+        .list(&JobFilter::default())
+        .await
+        .expect("list jobs");
+    let on_h1 = jobs
+        .iter()
+        .filter(|job| job.shard.as_deref().is_some_and(|s| s.starts_with("h1/")))
+        .count();
+    // Each post writes a tweet and a timeline entry; not one of them reached h1.
+    assert_eq!(on_h1, 2 * during.len(), "one retry job per write to h1");
+
+    stack.hosts[1].resume();
+    stack.drain().await;
+    let all: Vec<_> = before.into_iter().chain(during).collect();
+    stack.assert_replicas_hold(&all).await;
+}

@@ -226,6 +226,17 @@ mod tests {
         fn cursor_of(row: &u64) -> u64 {
             *row
         }
+        fn cursor_past(key: u64) -> u64 {
+            key
+        }
+        async fn chunk_end(
+            &self,
+            _: Option<u64>,
+            _: usize,
+            _: Option<Range<i64>>,
+        ) -> Result<Option<u64>, ShardError> {
+            Ok(None)
+        }
         async fn read_page(
             &self,
             _: Option<u64>,

@@ -5,6 +5,8 @@
 #   3. Gizzard routing lookups with 1, 1,000 and 100,000 forwardings (median ns);
 #   4. tbird serve on two MariaDB replicas against the same SQL sent straight to the shards,
 #      at concurrency 32: GetTweet, PostTweet and a mix (ops/s, p50/p99/p999, proxy/direct).
+#   5. migrations: copy and diff rows/s of a tweet shard (BENCH_ROWS, 1M by default), and the
+#      slowest post while a replica moves.
 # The daemon runs with one async thread so the load generator keeps the other core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +31,6 @@ cargo bench --locked -p gizzard --bench routing
 echo
 echo "== tbird bench on two MariaDB replicas, against direct SQL"
 DURATION=$duration cargo bench --locked -p tests --bench tbird_load
+echo
+echo "== gizzard migrations: copy and diff of a tweet shard, a move under writes"
+BENCH_ROWS=${BENCH_ROWS:-1000000} cargo bench --locked -p tests --bench migrations

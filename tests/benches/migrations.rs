@@ -89,9 +89,9 @@ async fn main() {
         TweetCluster::start_with(2, 1, 1, tests::mariadb::BENCH_FLAGS, production).await;
     let mut admin = cluster.admin(&server).await;
     let started = Instant::now();
-    load(&cluster.hosts[0].url("tbird"), "tweets_0000", count).await;
+    load(&cluster.hosts[0].url("tbird"), "t1_0000", count).await;
     println!(
-        "loaded {count} tweet rows into h0/tweets_0000 in {:.1} s",
+        "loaded {count} tweet rows into h0/t1_0000 in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -110,7 +110,7 @@ async fn main() {
     let copy = run_migration(
         &mut admin,
         Kind::Copy(gpb::ShardPair {
-            a: "h0/tweets_0000".into(),
+            a: "h0/t1_0000".into(),
             b: "h1/bench_copy".into(),
             hashes: None,
         }),
@@ -127,7 +127,7 @@ async fn main() {
     let diff = run_migration(
         &mut admin,
         Kind::Diff(gpb::ShardPair {
-            a: "h0/tweets_0000".into(),
+            a: "h0/t1_0000".into(),
             b: "h1/bench_copy".into(),
             hashes: None,
         }),
@@ -148,7 +148,7 @@ async fn main() {
     let moved = run_migration(
         &mut admin,
         Kind::Move(gpb::MoveRequest {
-            shard: "h0/tweets_0000".into(),
+            shard: "h0/t1_0000".into(),
             to_host: "h1".into(),
         }),
     )

@@ -12,15 +12,15 @@ use gizzard::{
     shards::{PhysicalShard, WriteOp},
 };
 use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, UserTweetsRequest};
-use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
-    ids::IdSource,
-    service::{TbirdProxy, TweetService},
+    service::TbirdProxy,
     store::{Kind, Row, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::Tweet,
 };
-use tests::{MariaDb, cluster::test_settings};
-use tokio_util::sync::CancellationToken;
+use tests::{
+    MariaDb,
+    tweets::{TweetCluster, TweetServer},
+};
 use tonic::transport::Channel;
 
 type Client = proto::tbird::v1::tweets_client::TweetsClient<Channel>;
@@ -28,72 +28,23 @@ type Client = proto::tbird::v1::tweets_client::TweetsClient<Channel>;
 /// A tweet service on a proxy over two MariaDB replicas (`h0`, `h1`), with the nameserver and
 /// job queue on a third server.
 struct Stack {
-    _nameserver: MariaDb,
-    hosts: Vec<MariaDb>,
+    cluster: TweetCluster,
+    server: TweetServer,
     proxy: Arc<TbirdProxy>,
     client: Client,
-    shutdown: CancellationToken,
 }
 
 impl Stack {
     async fn start() -> Self {
-        use proto::gizzard::v1::shard_manager_server::ShardManager;
-        let mut servers = MariaDb::start_many(3).await.expect("mariadb");
-        let nameserver = servers.remove(0);
-        let url = nameserver.create_database("gizzard").await.expect("ns db");
-        let mut hosts = Vec::new();
-        for (i, server) in servers.iter().enumerate() {
-            let shard_db = server.create_database("tbird").await.expect("shard db");
-            hosts.push((format!("h{i}"), shard_db));
-        }
-        let shutdown = CancellationToken::new();
-        let proxy: TbirdProxy = gizzard::server::Proxy::start(
-            test_settings(&url),
-            tbird::store::registry(),
-            HashMap::new(),
-            shutdown.clone(),
-        )
-        .await
-        .expect("start proxy");
-        let changes = tbird::topology::default_changes(&hosts, 4).expect("valid host names");
-        let request = proto::gizzard::v1::ApplyRequest {
-            changes: changes
-                .iter()
-                .map(gizzard::manager::convert::change_to_pb)
-                .collect(),
-        };
-        proxy
-            .manager()
-            .apply(tonic::Request::new(request))
-            .await
-            .expect("create the tables");
-        let proxy = Arc::new(proxy);
-        let clock = Arc::new(SystemClock::default());
-        let ids = IdSource::Local(Arc::new(IdWorker::fixed(clock, 5, 0, 3)));
-        let service = TweetService::new(proxy.clone(), ids).into_server();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    stop.cancelled(),
-                )
-                .await
-        });
-        let client = Client::connect(format!("http://{addr}"))
+        let (cluster, server) = TweetCluster::start(2, 2, 4).await;
+        let client = Client::connect(format!("http://{}", server.tweets))
             .await
             .expect("connect");
         Self {
-            _nameserver: nameserver,
-            hosts: servers,
-            proxy,
+            proxy: server.proxy.clone(),
+            cluster,
+            server,
             client,
-            shutdown,
         }
     }
 
@@ -180,7 +131,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.server.shutdown.cancel();
     }
 }
 
@@ -353,7 +304,7 @@ async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
 
     // Frozen, the replica accepts connections and answers nothing: every write to it waits
     // out the leaf deadline (alone or batched) and is queued.
-    stack.hosts[1].pause();
+    stack.cluster.hosts[1].pause();
     let during = stack.post_concurrently(60).await;
     let jobs = stack
         .proxy
@@ -368,7 +319,7 @@ async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
     // Each post writes a tweet and a timeline entry; not one of them reached h1.
     assert_eq!(on_h1, 2 * during.len(), "one retry job per write to h1");
 
-    stack.hosts[1].resume();
+    stack.cluster.hosts[1].resume();
     stack.drain().await;
     let all: Vec<_> = before.into_iter().chain(during).collect();
     stack.assert_replicas_hold(&all).await;

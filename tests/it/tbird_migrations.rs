@@ -74,7 +74,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     let moved = run_migration(
         &mut admin,
         Kind::Move(gpb::MoveRequest {
-            shard: "h0/tweets_0000".into(),
+            shard: "h0/t1_0000".into(),
             to_host: "h2".into(),
         }),
     )
@@ -84,7 +84,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     let added = run_migration(
         &mut admin,
         Kind::AddReplica(gpb::AddReplicaRequest {
-            shard: "h1/timeline_0001".into(),
+            shard: "h1/t2_0001".into(),
             host: "h2".into(),
         }),
     )
@@ -95,10 +95,10 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
 
     let topology = dump(&cluster, &server).await;
     let on_h2 = leaves_on(&topology, "h2");
-    assert_eq!(on_h2, vec!["h2/timeline_0001", "h2/tweets_0000"]);
-    assert!(!leaves_on(&topology, "h0").contains(&"h0/tweets_0000".to_owned()));
+    assert_eq!(on_h2, vec!["h2/t1_0000", "h2/t2_0001"]);
+    assert!(!leaves_on(&topology, "h0").contains(&"h0/t1_0000".to_owned()));
     assert!(
-        leaves_on(&topology, "h1").contains(&"h1/timeline_0001".to_owned()),
+        leaves_on(&topology, "h1").contains(&"h1/t2_0001".to_owned()),
         "a new replica keeps its source"
     );
     assert!(topology.shards.iter().all(|s| !s.busy), "nothing left busy");
@@ -108,7 +108,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     let refused = admin
         .start_migration(gpb::StartMigrationRequest {
             kind: Some(Kind::Move(gpb::MoveRequest {
-                shard: "h2/tweets_0000".into(),
+                shard: "h2/t1_0000".into(),
                 to_host: "h1".into(),
             })),
             ..Default::default()
@@ -149,16 +149,13 @@ async fn a_split_under_load_moves_the_upper_range_and_cleans_up() {
         .find(|f| f.table_id == 1 && f.base_id == middle)
         .map(|f| f.shard_id.clone())
         .expect("a forwarding at the split point");
-    assert!(
-        new_root.starts_with("localhost/tweets_0000_s"),
-        "{new_root}"
-    );
+    assert!(new_root.starts_with("localhost/t1_0000_s"), "{new_root}");
     // The old tree no longer holds the moved rows.
     for host in &cluster.hosts {
         let mut conn = host.connect("tbird").await.expect("connect");
         let left: Option<i64> = mysql_async::prelude::Queryable::exec_first(
             &mut conn,
-            "SELECT COUNT(*) FROM tweets_0000_tweets WHERE hash >= ?",
+            "SELECT COUNT(*) FROM t1_0000_tweets WHERE hash >= ?",
             (middle,),
         )
         .await
@@ -363,7 +360,7 @@ async fn a_cancelled_move_leaves_the_old_tree_whole() {
     let started = admin
         .start_migration(gpb::StartMigrationRequest {
             kind: Some(Kind::Move(gpb::MoveRequest {
-                shard: "h0/tweets_0000".into(),
+                shard: "h0/t1_0000".into(),
                 to_host: "h2".into(),
             })),
             ..Default::default()
@@ -404,7 +401,7 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows: Option<i64> = conn
-            .query_first("SELECT COUNT(*) FROM tweets_0000_tweets")
+            .query_first("SELECT COUNT(*) FROM t1_0000_tweets")
             .await
             .expect("count");
         if rows >= Some(200) {
@@ -416,18 +413,18 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
     // Damage h1's replica behind the proxy's back: drop three tweets, tombstone one, and
     // add one the other replica lacks.
     let ids: Vec<i64> = conn
-        .query("SELECT id FROM tweets_0000_tweets ORDER BY id LIMIT 5")
+        .query("SELECT id FROM t1_0000_tweets ORDER BY id LIMIT 5")
         .await
         .expect("ids");
     assert_eq!(ids.len(), 5);
     conn.exec_drop(
-        "DELETE FROM tweets_0000_tweets WHERE id IN (?, ?, ?)",
+        "DELETE FROM t1_0000_tweets WHERE id IN (?, ?, ?)",
         (ids[0], ids[1], ids[2]),
     )
     .await
     .expect("delete");
     conn.exec_drop(
-        "UPDATE tweets_0000_tweets SET deleted = 1 WHERE id = ?",
+        "UPDATE t1_0000_tweets SET deleted = 1 WHERE id = ?",
         (ids[3],),
     )
     .await
@@ -435,7 +432,7 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
     // A tweet that reached h1 only.
     let only_on_h1: i64 = 1 << 40;
     conn.exec_drop(
-        "INSERT INTO tweets_0000_tweets (id, hash, user_id, text, in_reply_to, deleted) \
+        "INSERT INTO t1_0000_tweets (id, hash, user_id, text, in_reply_to, deleted) \
          VALUES (?, ?, 9, 'only here', NULL, 0)",
         (only_on_h1, gizzard::nameserver::hash(only_on_h1 as u64)),
     )
@@ -447,8 +444,8 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
 
     let mut admin = cluster.admin(&server).await;
     let pair = || gpb::ShardPair {
-        a: "h0/tweets_0000".into(),
-        b: "h1/tweets_0000".into(),
+        a: "h0/t1_0000".into(),
+        b: "h1/t1_0000".into(),
         hashes: None,
     };
     let diff = run_migration(&mut admin, Kind::Diff(pair())).await;
@@ -468,10 +465,7 @@ async fn a_diff_under_load_reports_exactly_the_damaged_rows_and_repair_fixes_the
     ledger.acked.retain(|&id| id != ids[3] as u64);
     let mut h0 = cluster.hosts[0].connect("tbird").await.expect("connect");
     let deleted: Option<bool> = h0
-        .exec_first(
-            "SELECT deleted FROM tweets_0000_tweets WHERE id = ?",
-            (ids[3],),
-        )
+        .exec_first("SELECT deleted FROM t1_0000_tweets WHERE id = ?", (ids[3],))
         .await
         .expect("read");
     assert_eq!(deleted, Some(true));

@@ -22,7 +22,6 @@ use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
     ids::IdSource,
     service::{TbirdProxy, TweetService},
-    store::{TIMELINE_SHARD, TIMELINES_TABLE, TWEET_SHARD, TWEETS_TABLE},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +31,7 @@ use crate::{MariaDb, cluster::test_settings};
 
 /// One in-process tbird server: the tweet service and the ShardManager on loopback ports.
 pub struct TweetServer {
+    pub proxy: Arc<TbirdProxy>,
     pub tweets: String,
     pub admin: String,
     pub shutdown: CancellationToken,
@@ -49,7 +49,7 @@ impl TweetServer {
 }
 
 /// A nameserver server and shard hosts `h0..hN`, with tables 1 and 2 created on the first
-/// `replicas` hosts.
+/// `replicas` hosts by T-Bird's default topology (prefixes `t1_NNNN` and `t2_NNNN`).
 pub struct TweetCluster {
     pub nameserver: MariaDb,
     pub hosts: Vec<MariaDb>,
@@ -111,26 +111,18 @@ impl TweetCluster {
             next_worker: Mutex::new(1),
         };
         let server = cluster.serve(settings(&cluster.nameserver_url)).await;
-        let mut changes: Vec<Change> = (0..hosts)
-            .map(|i| {
-                Change::SetHost(Host {
-                    name: Self::host(i),
-                    url: cluster.hosts[i].url("tbird"),
-                    read_weight: 1,
-                    write_weight: 1,
-                })
+        let host = |i: usize| (Self::host(i), cluster.hosts[i].url("tbird"));
+        let replica_hosts: Vec<(String, String)> = (0..replicas).map(host).collect();
+        let mut changes =
+            tbird::topology::default_changes(&replica_hosts, shards).expect("valid names");
+        changes.extend((replicas..hosts).map(host).map(|(name, url)| {
+            Change::SetHost(Host {
+                name,
+                url,
+                read_weight: 1,
+                write_weight: 1,
             })
-            .collect();
-        let names: Vec<String> = (0..replicas).map(Self::host).collect();
-        for (table, class, prefix) in [
-            (TWEETS_TABLE, TWEET_SHARD, "tweets"),
-            (TIMELINES_TABLE, TIMELINE_SHARD, "timeline"),
-        ] {
-            changes.extend(
-                gizzard::nameserver::replicated_table(table, class, prefix, &names, shards)
-                    .expect("valid names"),
-            );
-        }
+        }));
         let mut admin = cluster.admin(&server).await;
         admin
             .apply(gpb::ApplyRequest {
@@ -169,7 +161,8 @@ impl TweetCluster {
             worker,
         )));
         let manager = proxy.manager().into_server();
-        let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
+        let proxy = Arc::new(proxy);
+        let tweets = TweetService::new(proxy.clone(), ids).into_server();
         let (tweets_listener, admin_listener) = (bind().await, bind().await);
         let addrs = (
             tweets_listener.local_addr().expect("addr").to_string(),
@@ -193,6 +186,7 @@ impl TweetCluster {
             );
         });
         TweetServer {
+            proxy,
             tweets: addrs.0,
             admin: addrs.1,
             shutdown,

@@ -162,7 +162,22 @@ impl Database {
 fn open_sqlite(path: &std::path::Path, timeout: Duration) -> Result<rusqlite::Connection, DbError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(timeout)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching to WAL takes an exclusive lock and does not wait on the busy handler, so a
+    // process opening the file while another one does is retried here until the deadline.
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => break result?,
+        }
+    }
     // WAL with synchronous=FULL: an acknowledged change survives a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -311,6 +326,32 @@ impl Database {
                     rows.collect()
                 })
                 .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_opening_a_new_sqlite_file_at_once_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join(format!("race-{round}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let opens: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        open_sqlite(&path, Duration::from_secs(5)).map(drop)
+                    })
+                })
+                .collect();
+            for open in opens {
+                open.join().expect("thread").expect("open succeeds");
             }
         }
     }

@@ -170,11 +170,14 @@ impl MariaDb {
         self.signal_and_reap(libc::SIGKILL);
     }
 
-    /// Freezes the server with SIGSTOP: connections stay open and nothing answers.
+    /// Freezes the server with SIGSTOP: connections stay open and nothing answers. Returns once
+    /// every thread has stopped: the signal lands asynchronously, and a thread still running on
+    /// another core could otherwise answer one more query.
     pub fn pause(&mut self) {
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGSTOP);
             self.paused = true;
+            wait_until_stopped(pid);
         }
     }
 
@@ -324,6 +327,26 @@ fn signal(pid: i32, sig: i32) {
     // SAFETY: kill has no memory preconditions; pid is our own child.
     unsafe {
         libc::kill(pid, sig);
+    }
+}
+
+/// Waits (up to 5 s) until every thread of `pid` shows state `T` (stopped) in `/proc`.
+fn wait_until_stopped(pid: i32) {
+    let all_stopped = || {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true;
+        };
+        tasks.flatten().all(|task| {
+            fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+                // The state follows the parenthesised command name, which may hold spaces.
+                stat.rsplit_once(") ")
+                    .is_none_or(|(_, rest)| rest.starts_with('T'))
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

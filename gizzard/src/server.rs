@@ -4,8 +4,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::task::JoinHandle;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     db::{Database, DbError},
@@ -149,6 +150,11 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         })
     }
 
+    /// Returns the settings the proxy runs with.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
     /// Returns the admin service of this proxy.
     pub fn manager(&self) -> Manager {
         let parts = ManagerParts {
@@ -212,4 +218,11 @@ impl<S: PhysicalShard, W: WriteOp<S>> JobRunner for WriteRetries<S, W> {
             })
         })
     }
+}
+
+/// Returns the connections `listener` accepts, for a gRPC server, with Nagle's algorithm off.
+/// Tonic leaves it on for a listener it did not bind itself, and on loopback a small response
+/// then waits for the client's delayed ACK: tens of milliseconds in the tail of every call.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -16,7 +16,7 @@ use gizzard::{
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{ids::IdSource, service::TweetService, store, topology};
 
@@ -124,10 +124,16 @@ pub async fn run(
     let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
     let admin = Server::builder()
         .add_service(manager)
-        .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), shutdown.cancelled());
+        .serve_with_incoming_shutdown(
+            gizzard::server::incoming(admin_listener),
+            shutdown.cancelled(),
+        );
     let service = Server::builder()
         .add_service(tweets)
-        .serve_with_incoming_shutdown(TcpIncoming::from(tweets_listener), shutdown.cancelled());
+        .serve_with_incoming_shutdown(
+            gizzard::server::incoming(tweets_listener),
+            shutdown.cancelled(),
+        );
     let _ = ready.send(addrs);
     let (a, b) = tokio::join!(service, admin);
     a?;

@@ -12,7 +12,7 @@ use gizzard::{
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{
     ids::{IdSource, PrefetchSettings},
@@ -177,10 +177,16 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let (a, b) = tokio::join!(
         Server::builder()
             .add_service(tweets)
-            .serve_with_incoming_shutdown(TcpIncoming::from(tweets_listener), shutdown.cancelled()),
+            .serve_with_incoming_shutdown(
+                gizzard::server::incoming(tweets_listener),
+                shutdown.cancelled()
+            ),
         Server::builder()
             .add_service(manager)
-            .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), shutdown.cancelled()),
+            .serve_with_incoming_shutdown(
+                gizzard::server::incoming(admin_listener),
+                shutdown.cancelled()
+            ),
     );
     a?;
     b?;

@@ -3,9 +3,9 @@
 //!
 //! The index keeps each table's base ids sorted in one array, and a radix directory on the
 //! hash's high bits: slot `b` (hashes `b << shift ..`) gives the range of the array holding
-//! the base ids inside that slot, and 32-bit prefixes of its first three. With about one base
-//! id per slot, a lookup reads one 16-byte directory slot and compares prefixes without a
-//! data-dependent branch; only a slot of more than three ids (or a prefix tie) reads the
+//! the base ids inside that slot, and 16-bit prefixes of its first six. With one or two base
+//! ids per slot, a lookup reads one 16-byte directory slot and compares prefixes without a
+//! data-dependent branch; only a slot of more than six ids (or a prefix tie) reads the
 //! array. The cost stays flat from 1 to 100,000 forwardings (see `benches/routing.rs`).
 
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use super::model::{Forwarding, HASH_BITS, MAX_HASH, NodeKind, ShardId, Topology,
 /// Slots with at most this many base ids are scanned rather than bisected.
 const SHORT_SLOT: usize = 8;
 
-/// The most directory bits: 2^16 slots of 16 bytes make a 1 MiB directory (the L2 cache of
-/// one core), which still gives 93% of slots at most [`PREFIXES`] base ids at 100,000
-/// forwardings. Measured: 2^15 slots overflow too often, 2^17 fall out of L2. The prefixes
-/// need `HASH_BITS - MAX_DIRECTORY_BITS >= 32`.
+/// The most directory bits: 2^16 slots of 16 bytes make a 1 MiB directory (half the L2 cache
+/// of one core here), which gives 99.5% of slots at most [`PREFIXES`] base ids at 100,000
+/// forwardings (1.5 per slot on average). Three 32-bit prefixes per slot left 7% of lookups
+/// to the array, a second cache miss; 2^17 slots fell out of L2. The prefixes need
+/// `HASH_BITS - MAX_DIRECTORY_BITS >= 16`.
 const MAX_DIRECTORY_BITS: u32 = 16;
 
 /// The shard tree under one root, as the routing layer builds its nodes from it.
@@ -139,17 +140,17 @@ impl RoutingSnapshot {
 }
 
 /// How many base ids a slot keeps prefixes of.
-const PREFIXES: usize = 3;
+const PREFIXES: usize = 6;
 
-/// One directory slot: where its base ids start in the sorted array, and bits 32..63 of the
-/// offsets in the slot of its first base ids (`u32::MAX` past the slot's end). The prefixes
+/// One directory slot: where its base ids start in the sorted array, and the top 16 bits of
+/// the offsets in the slot of its first base ids (`u16::MAX` past the slot's end). The prefixes
 /// settle a lookup in a slot of at most [`PREFIXES`] base ids without touching the array and
 /// without a data-dependent branch, so the CPU overlaps the cache misses of many lookups.
 #[derive(Clone, Copy, Debug)]
 #[repr(align(16))]
 struct Slot {
     start: u32,
-    prefixes: [u32; PREFIXES],
+    prefixes: [u16; PREFIXES],
 }
 
 /// The forwardings of one table: sorted base ids, their roots, and the radix directory.
@@ -172,10 +173,11 @@ impl ForwardingIndex {
     /// Builds the index of `entries`, sorted by base id without duplicates.
     fn new(entries: Vec<(i64, ShardId)>) -> Self {
         let n = entries.len();
-        // About one base id per slot: nearly every slot holds at most PREFIXES.
+        // One or two base ids per slot: nearly every slot holds at most PREFIXES.
         let bits = n
             .next_power_of_two()
             .trailing_zeros()
+            .saturating_sub(1)
             .min(MAX_DIRECTORY_BITS);
         let shift = HASH_BITS - bits;
         let slot_count = 1usize << bits;
@@ -189,7 +191,7 @@ impl ForwardingIndex {
             while next < n && (last || bases[next] < ((slot as i64 + 1) << shift)) {
                 next += 1;
             }
-            let mut prefixes = [u32::MAX; PREFIXES];
+            let mut prefixes = [u16::MAX; PREFIXES];
             for (p, &base) in prefixes.iter_mut().zip(&bases[start..next]) {
                 *p = prefix(base, shift);
             }
@@ -200,7 +202,7 @@ impl ForwardingIndex {
         }
         slots.push(Slot {
             start: n as u32,
-            prefixes: [u32::MAX; PREFIXES],
+            prefixes: [u16::MAX; PREFIXES],
         });
         Self {
             shift,
@@ -240,11 +242,11 @@ impl ForwardingIndex {
     }
 }
 
-/// Returns bits 32..63 of `value`'s offset in its slot (exact for values in 0..2^60).
+/// Returns the top 16 bits of `value`'s offset in its slot (exact for values in 0..2^60).
 #[inline]
-fn prefix(value: i64, shift: u32) -> u32 {
+fn prefix(value: i64, shift: u32) -> u16 {
     // Truncation drops the slot number above the offset.
-    (value >> (shift - 32)) as u32
+    (value >> (shift - 16)) as u16
 }
 
 #[cfg(test)]

@@ -187,10 +187,9 @@ fn start() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
         }
-        // The tools run on one worker thread: a load generator sharing the machine with the
-        // daemon should leave it the other cores.
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // The tools run on the calling thread: a load generator sharing the machine with the
+        // daemon should leave it the other cores, and one thread needs no cross-thread wake-ups.
+        _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     }

@@ -71,7 +71,7 @@ impl Cluster {
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
+                    gizzard::server::incoming(listener),
                     shutdown.cancelled(),
                 )
                 .await

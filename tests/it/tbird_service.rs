@@ -60,10 +60,7 @@ async fn serve(
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                stop.cancelled(),
-            )
+            .serve_with_incoming_shutdown(gizzard::server::incoming(listener), stop.cancelled())
             .await
     });
     TweetsClient::connect(format!("http://{addr}"))

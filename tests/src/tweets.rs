@@ -25,7 +25,7 @@ use tbird::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server, server::TcpIncoming};
+use tonic::transport::{Channel, Server};
 
 use crate::{MariaDb, cluster::test_settings};
 
@@ -174,13 +174,13 @@ impl TweetCluster {
                 Server::builder()
                     .add_service(tweets)
                     .serve_with_incoming_shutdown(
-                        TcpIncoming::from(tweets_listener),
+                        gizzard::server::incoming(tweets_listener),
                         stop.cancelled()
                     ),
                 Server::builder()
                     .add_service(manager)
                     .serve_with_incoming_shutdown(
-                        TcpIncoming::from(admin_listener),
+                        gizzard::server::incoming(admin_listener),
                         stop.cancelled()
                     ),
             );

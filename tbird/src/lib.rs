@@ -15,6 +15,7 @@ pub mod bench;
 pub mod dev;
 pub mod ids;
 pub mod metrics;
+pub mod reads;
 pub mod server;
 pub mod service;
 pub mod store;

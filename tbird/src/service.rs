@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     ids::{IdSource, IdsError},
     metrics::{Method, RequestMetrics},
+    reads::TweetReads,
     store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::{InvalidTweet, Tweet, validate_id},
 };
@@ -34,6 +35,7 @@ pub struct TweetService {
     proxy: Arc<TbirdProxy>,
     ids: IdSource,
     metrics: Arc<RequestMetrics>,
+    reads: Arc<TweetReads>,
 }
 
 impl std::fmt::Debug for TweetService {
@@ -73,7 +75,9 @@ fn to_pb(tweet: Tweet) -> pb::Tweet {
 impl TweetService {
     /// Returns the service over `proxy`, taking new ids from `ids`.
     pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource) -> Self {
+        let reads = Arc::new(TweetReads::new(proxy.settings().db_timeout));
         Self {
+            reads,
             proxy,
             ids,
             metrics: Arc::default(),
@@ -103,7 +107,8 @@ impl TweetService {
     }
 
     /// Returns the stored tweets of `ids` (tombstones included), reading each shard's ids in
-    /// one query and the shards in parallel.
+    /// one query (batched with other callers' reads of the same replica) and the shards in
+    /// parallel.
     async fn fetch(&self, ids: &[u64]) -> Result<HashMap<u64, Tweet>, Status> {
         let router = &self.proxy.router;
         let mut groups: HashMap<String, (Arc<gizzard::shards::Node<TbirdShard>>, Vec<u64>)> =
@@ -121,7 +126,7 @@ impl TweetService {
         }
         let reads = groups
             .values()
-            .map(|(tree, ids)| tree.read(move |leaf| leaf.shard.get_tweets(ids)));
+            .map(|(tree, ids)| tree.read(move |leaf| self.reads.get(leaf, ids)));
         let mut found = HashMap::with_capacity(ids.len());
         for result in join_all(reads).await {
             found.extend(result.map_err(shard_status)?.into_iter().map(|t| (t.id, t)));

@@ -1,7 +1,7 @@
 //! Coalesced writes on two MariaDB replicas: concurrent posts share multi-row statements and
 //! still land on both replicas; a tweet and its tombstone in one statement end deleted; a
 //! replica frozen under concurrent posts gets a retry job per write and catches up once it
-//! thaws.
+//! thaws; concurrent reads of one replica share queries and each gets its own tweets.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -86,18 +86,7 @@ impl Stack {
 
     /// Waits until the job queue is empty, or panics after a minute.
     async fn drain(&self) {
-        let started = std::time::Instant::now();
-        loop {
-            let depth = self.proxy.queue.depth().await.expect("queue depth");
-            if depth.values().all(|&n| n == 0) {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "queue did not drain: {depth:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tests::cluster::drain(&self.proxy.queue, Duration::from_secs(60)).await;
     }
 
     /// Asserts that both replicas hold the same rows, `tweets` tweets in all, every one live.
@@ -323,4 +312,75 @@ async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
     stack.drain().await;
     let all: Vec<_> = before.into_iter().chain(during).collect();
     stack.assert_replicas_hold(&all).await;
+}
+
+/// Many concurrent reads of one MariaDB replica share queries, and each caller still gets
+/// exactly the tweets it asked for (tombstones included, missing ids left out); a read of a
+/// replica whose table is gone fails every caller with the query's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reads_return_each_caller_its_own_tweets() {
+    let server = MariaDb::start().await.expect("mariadb");
+    let url = server.create_database("tbird").await.expect("db");
+    let db = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open");
+    let id = ShardId::new("h", "t1_0000").expect("id");
+    let info = ShardInfo {
+        id: id.clone(),
+        class_name: String::new(),
+        busy: false,
+    };
+    let shard = Arc::new(TbirdShard::new(&info, Kind::Tweets, db.clone()));
+    shard.materialize().await.expect("tweets table");
+    let puts: Vec<TbirdWrite> = (1..=300)
+        .map(|id| TbirdWrite::PutTweet(tweet(id)))
+        .collect();
+    let deletes: Vec<TbirdWrite> = (1..=300)
+        .step_by(7)
+        .map(|id| TbirdWrite::DeleteTweet { id })
+        .collect();
+    let writes: Vec<&TbirdWrite> = puts.iter().chain(&deletes).collect();
+    TbirdWrite::apply_batch(&writes, &*shard)
+        .await
+        .expect("store tweets");
+    let leaf = gizzard::shards::Leaf {
+        health: Arc::new(gizzard::shards::health::LeafHealth::new(&id)),
+        id,
+        shard,
+    };
+
+    let reads = Arc::new(tbird::reads::TweetReads::new(Duration::from_secs(5)));
+    // Caller i asks for i, i + 1 and an id that does not exist.
+    let callers = (1..=299u64).map(|i| {
+        let (reads, leaf) = (reads.clone(), leaf.clone());
+        tokio::spawn(async move {
+            let got = reads.get(&leaf, &[i, i + 1, 10_000 + i]).await;
+            (i, got)
+        })
+    });
+    for caller in futures::future::join_all(callers).await {
+        let (i, got) = caller.expect("caller");
+        let mut got = got.expect("read");
+        got.sort_by_key(|t| t.id);
+        let expected: Vec<Tweet> = [i, i + 1]
+            .into_iter()
+            .map(|id| Tweet {
+                deleted: id % 7 == 1,
+                ..tweet(id)
+            })
+            .collect();
+        assert_eq!(got, expected, "caller {i}");
+    }
+
+    db.execute_batch("DROP TABLE t1_0000_tweets".into())
+        .await
+        .expect("drop the table");
+    let callers = (1..=20u64).map(|i| {
+        let (reads, leaf) = (reads.clone(), leaf.clone());
+        tokio::spawn(async move { reads.get(&leaf, &[i]).await })
+    });
+    for caller in futures::future::join_all(callers).await {
+        let err = caller.expect("caller").expect_err("the table is gone");
+        assert!(err.to_string().contains("t1_0000"), "{err}");
+    }
 }

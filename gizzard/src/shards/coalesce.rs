@@ -27,10 +27,12 @@ use crate::nameserver::ShardId;
 /// database, so one batch cannot hold row locks for long or outgrow a packet.
 pub const MAX_BATCH: usize = 256;
 
-/// The most statements in flight on one leaf. More than one keeps several pooled connections
-/// busy while a statement waits on the network or a commit; few enough that writes arriving
-/// meanwhile queue up and batch.
-pub const MAX_IN_FLIGHT: usize = 4;
+/// The most statements in flight on one leaf. A host holds many leaves, so it still gets
+/// many statements at once; while one runs, the leaf's next writes queue and go out together.
+/// Measured with `tbird_load` (32 concurrent posts over T-Bird's 32 leaves on 2 MariaDB
+/// instances): 4 in flight almost never queued, and posts ran at 0.69x direct SQL; 1 gave
+/// 0.88x.
+pub const MAX_IN_FLIGHT: usize = 1;
 
 /// The per-leaf queues of one writer.
 pub(super) struct Coalescer<S, W> {

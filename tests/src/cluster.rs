@@ -190,23 +190,28 @@ impl KvCluster {
 
     /// Waits until the job queue holds no job, or panics after `limit`.
     pub async fn drain(&self, limit: Duration) {
-        let started = std::time::Instant::now();
-        loop {
-            let depth = self.proxy.queue.depth().await.expect("queue depth");
-            if depth.values().all(|&n| n == 0) {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "queue did not drain within {limit:?}: {depth:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        drain(&self.proxy.queue, limit).await;
     }
 }
 
 impl Drop for KvCluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Waits until `queue` holds no job, or panics after `limit`.
+pub async fn drain(queue: &gizzard::scheduler::JobQueue, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let depth = queue.depth().await.expect("queue depth");
+        if depth.values().all(|&n| n == 0) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "queue did not drain within {limit:?}: {depth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

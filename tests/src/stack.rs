@@ -128,6 +128,9 @@ pub struct TbirdStack {
 /// The database every shard host keeps its tables in.
 pub const SHARD_DB: &str = "tbird";
 
+/// The bearer token the stack's admin calls carry, as in production.
+pub const ADMIN_TOKEN: &str = "stack-secret";
+
 impl TbirdStack {
     /// Returns the topology name of host `i`.
     pub fn host_name(i: usize) -> String {
@@ -138,7 +141,18 @@ impl TbirdStack {
     /// (serving metrics when `metrics` is set), and creates both tables with `shards` ranges
     /// replicated on every host.
     pub async fn start(hosts: usize, shards: u32, metrics: bool) -> Self {
-        let mut servers = MariaDb::start_many(hosts + 1)
+        Self::start_with(hosts, shards, metrics, &[]).await
+    }
+
+    /// Starts the stack as [`TbirdStack::start`] does, every MariaDB server with
+    /// `extra_flags` (such as [`crate::mariadb::BENCH_FLAGS`]).
+    pub async fn start_with(
+        hosts: usize,
+        shards: u32,
+        metrics: bool,
+        extra_flags: &'static [&'static str],
+    ) -> Self {
+        let mut servers = MariaDb::start_many_with(hosts + 1, extra_flags)
             .await
             .expect("start mariadb servers");
         let nameserver_db = servers.remove(0);
@@ -193,6 +207,8 @@ impl TbirdStack {
                 &tweets_addr,
                 "--admin-listen",
                 &admin_addr,
+                "--admin-token",
+                ADMIN_TOKEN,
                 "--metrics-listen",
                 metrics_addr.as_deref().unwrap_or("off"),
             ]),
@@ -229,9 +245,9 @@ impl TbirdStack {
         stack
     }
 
-    /// Runs gizzmo against the server's ShardManager.
+    /// Runs gizzmo against the server's ShardManager, with the admin token.
     pub fn gizzmo(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--addr", self.admin_addr.as_str()];
+        let mut all = vec!["--addr", self.admin_addr.as_str(), "--token", ADMIN_TOKEN];
         all.extend_from_slice(args);
         run("gizzard", "gizzmo", &all)
     }

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
 
 /// The default deadline of one database operation.
@@ -348,6 +349,53 @@ impl Database {
                 .await
             }
         }
+    }
+}
+
+/// How a bulk load ([`Database::load_data`]) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// Committed: `inserted` rows went in, and the rest were skipped because their key was
+    /// already there.
+    Committed { inserted: u64 },
+    /// Rolled back: the server warned about something other than a skipped duplicate (a
+    /// value it had to convert), so nothing was kept.
+    RolledBack { warnings: u64 },
+}
+
+impl Database {
+    /// Runs `sql`, a `LOAD DATA LOCAL INFILE ... IGNORE` statement, with `data` (`rows` rows)
+    /// as the file, in a transaction of its own. MySQL only: callers match on the variant.
+    ///
+    /// `IGNORE` skips a row whose key exists, with one warning each, but it also keeps a
+    /// value it had to truncate or convert, with a warning; so the load commits only when
+    /// every warning is a skipped row.
+    pub async fn load_data(
+        &self,
+        sql: String,
+        data: Vec<u8>,
+        rows: u64,
+    ) -> Result<Loaded, DbError> {
+        self.mysql(|mut conn| async move {
+            let file = bytes::Bytes::from(data);
+            // A one-time handler: the statement's file name is ignored, the server gets `data`.
+            conn.set_infile_handler(async move {
+                Ok(futures::stream::once(async move { Ok(file) }).boxed())
+            });
+            let mut tx = conn
+                .start_transaction(mysql_async::TxOpts::default())
+                .await?;
+            tx.query_drop(sql).await?;
+            let inserted = tx.affected_rows();
+            let warnings = u64::from(tx.get_warnings());
+            if warnings > rows.saturating_sub(inserted) {
+                tx.rollback().await?;
+                return Ok(Loaded::RolledBack { warnings });
+            }
+            tx.commit().await?;
+            Ok(Loaded::Committed { inserted })
+        })
+        .await
     }
 }
 

@@ -328,8 +328,118 @@ impl TbirdShard {
         self.execute(sql, params).await.map(drop)
     }
 
+    /// Merges rows in statements of up to [`MERGE_ROWS`] rows.
+    async fn merge_all(&self, rows: &[Row]) -> Result<(), ShardError> {
+        for chunk in rows.chunks(MERGE_ROWS) {
+            self.merge(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes rows as a copy does, on MySQL: `LOAD DATA` puts in the rows whose key is new,
+    /// at about half the server's cost of a multi-row `INSERT ... ON DUPLICATE KEY UPDATE`
+    /// (measured on MariaDB 10.11); if any key was already there (a live write landed first),
+    /// the rows are merged after it, so the result is the merge's.
+    async fn load(&self, rows: &[Row]) -> Result<(), ShardError> {
+        let (columns, data) = match self.kind {
+            Kind::Tweets => (
+                "id, hash, user_id, text, in_reply_to, deleted",
+                tweets_tsv(rows),
+            ),
+            Kind::Timelines => ("user_id, tweet_id, hash, deleted", timelines_tsv(rows)),
+        };
+        let data = data.map_err(|what| self.wrong_kind(what))?;
+        // The file's format spelled out, as the encoders write it.
+        let sql = format!(
+            "LOAD DATA LOCAL INFILE 'rows' IGNORE INTO TABLE {} CHARACTER SET utf8mb4 \
+             FIELDS TERMINATED BY '\\t' ENCLOSED BY '' ESCAPED BY '\\\\' \
+             LINES TERMINATED BY '\\n' ({columns})",
+            self.table
+        );
+        let loaded = self
+            .db
+            .load_data(sql, data, rows.len() as u64)
+            .await
+            .map_err(|e| self.err(e))?;
+        match loaded {
+            db::Loaded::Committed { inserted } if inserted == rows.len() as u64 => Ok(()),
+            _ => self.merge_all(rows).await,
+        }
+    }
+
     async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, ShardError> {
         self.db.execute(sql, params).await.map_err(|e| self.err(e))
+    }
+}
+
+/// Rows per multi-row `INSERT`: 6,000 placeholders for tweets, well inside MySQL's 65,535
+/// and its default packet size.
+const MERGE_ROWS: usize = 1_000;
+
+/// Rows per `LOAD DATA` statement, and the fewest that go that way rather than as a merge.
+const LOAD_ROWS: usize = 10_000;
+const LOAD_MIN_ROWS: usize = 100;
+
+/// Encodes tweet rows for `LOAD DATA` in its default format: tab-separated fields, one line
+/// per row, `\N` for NULL, and backslash escapes in the text.
+fn tweets_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(rows.len() * 160);
+    for row in rows {
+        let Row::Tweet(t) = row else {
+            return Err("a timeline row");
+        };
+        push_int(&mut out, t.id as i64, b'\t');
+        push_int(&mut out, hash(t.id), b'\t');
+        push_int(&mut out, t.user_id as i64, b'\t');
+        push_escaped(&mut out, &t.text);
+        out.push(b'\t');
+        match t.in_reply_to {
+            Some(id) => push_int(&mut out, id as i64, b'\t'),
+            None => out.extend_from_slice(b"\\N\t"),
+        }
+        push_int(&mut out, i64::from(t.deleted), b'\n');
+    }
+    Ok(out)
+}
+
+/// Encodes timeline rows for `LOAD DATA` (see [`tweets_tsv`]).
+fn timelines_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(rows.len() * 48);
+    for row in rows {
+        let Row::Timeline {
+            user_id,
+            tweet_id,
+            deleted,
+        } = row
+        else {
+            return Err("a tweet row");
+        };
+        push_int(&mut out, *user_id as i64, b'\t');
+        push_int(&mut out, *tweet_id as i64, b'\t');
+        push_int(&mut out, hash(*user_id), b'\t');
+        push_int(&mut out, i64::from(*deleted), b'\n');
+    }
+    Ok(out)
+}
+
+fn push_int(out: &mut Vec<u8>, value: i64, then: u8) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{value}");
+    out.push(then);
+}
+
+/// Appends `text` with the characters `LOAD DATA` would read as syntax escaped.
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    for &byte in text.as_bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0 => out.extend_from_slice(b"\\0"),
+            _ => out.push(byte),
+        }
     }
 }
 
@@ -492,12 +602,13 @@ impl PhysicalShard for TbirdShard {
     }
 
     async fn write_rows(&self, rows: &[Row]) -> Result<(), ShardError> {
-        // 1,000 rows (6,000 placeholders) per statement: fewer round trips and commits for
-        // copies, well inside MySQL's 65,535 placeholders and default packet size.
-        for chunk in rows.chunks(1_000) {
-            self.merge(chunk).await?;
+        if matches!(self.db, Database::Mysql { .. }) && rows.len() >= LOAD_MIN_ROWS {
+            for chunk in rows.chunks(LOAD_ROWS) {
+                self.load(chunk).await?;
+            }
+            return Ok(());
         }
-        Ok(())
+        self.merge_all(rows).await
     }
 
     async fn chunk_end(

@@ -275,3 +275,162 @@ async fn sqlite_db(dir: &tempfile::TempDir, i: usize) -> Database {
         .await
         .expect("open sqlite")
 }
+
+/// Copies of many rows go to MariaDB through `LOAD DATA`: every byte of every text survives
+/// (tabs, newlines, backslashes, NUL, a literal `\N`), rows already written live are merged as
+/// a write would merge them, and the result is row for row what SQLite's merge path gives.
+/// A row MariaDB could only store converted loads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_copies_keep_every_byte_and_merge_with_live_writes() {
+    let server = tests::MariaDb::start().await.expect("mariadb");
+    let url = server.create_database("tbird").await.expect("database");
+    let mysql = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open mariadb");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = sqlite_db(&dir, 0).await;
+
+    let odd = [
+        "tab\there",
+        "line\nbreak\r\n",
+        "back\\slash \\N \\t",
+        "\\N",
+        "nul \0 byte",
+        "'quoted' \"both\" `ways`",
+        "🐦 ünïcode ✓",
+    ];
+    let mut tweets: Vec<Row> = (1..=600u64)
+        .map(|i| {
+            let text = match i {
+                599 => "🐦".repeat(280),
+                _ => format!("{} #{i}", odd[i as usize % odd.len()]),
+            };
+            Row::Tweet(Tweet {
+                in_reply_to: (i % 4 == 0).then_some(i * 3),
+                deleted: i % 9 == 0,
+                ..tweet(i << 22, 1 + i % 13, &text)
+            })
+        })
+        .collect();
+    let mut timelines: Vec<Row> = (1..=300u64)
+        .map(|i| Row::Timeline {
+            user_id: 1 + i % 17,
+            tweet_id: i << 22,
+            deleted: i % 7 == 0,
+        })
+        .collect();
+    // In cursor order, as pages come back.
+    timelines.sort_by_key(<TbirdShard as PhysicalShard>::cursor_of);
+    // Written live before the copy: a delete that beat the tweet's insert, and an insert of a
+    // tweet the source already holds deleted.
+    let (live_delete, live_insert) = (10u64 << 22, 18u64 << 22);
+    let all = 0..=u64::MAX >> 1;
+    let mut stored = Vec::new();
+    for db in [mysql, sqlite] {
+        let (t, l) = (
+            shard(db.clone(), Kind::Tweets, "t1_0000"),
+            shard(db.clone(), Kind::Timelines, "t2_0000"),
+        );
+        t.materialize().await.expect("tweets table");
+        l.materialize().await.expect("timeline table");
+        TbirdWrite::DeleteTweet { id: live_delete }
+            .apply(&t)
+            .await
+            .expect("live delete");
+        TbirdWrite::PutTweet(tweet(live_insert, 5, "live"))
+            .apply(&t)
+            .await
+            .expect("live insert");
+        t.write_rows(&tweets).await.expect("copy tweets");
+        let before = statements(&db).await;
+        l.write_rows(&timelines).await.expect("copy timelines");
+        if let Database::Mysql { .. } = db {
+            // New rows only: one LOAD DATA, committed, and no merge after it.
+            let after = statements(&db).await;
+            assert_eq!(
+                [after[0] - before[0], after[1] - before[1]],
+                [1, 0],
+                "LOAD DATA and INSERT statements for the timelines"
+            );
+        }
+        let rows = t.read_page(None, 10_000, None).await.expect("read tweets");
+        let lines = l.read_page(None, 10_000, None).await.expect("read lines");
+        same_rows(&lines, &timelines, "timelines");
+        stored.push((rows, t.checksum(all.clone(), None).await.expect("sum")));
+    }
+    for row in &mut tweets {
+        match row {
+            // The delete wins; the copy fills in the content behind it.
+            Row::Tweet(t) if t.id == live_delete => t.deleted = true,
+            // The live insert's content stays (content is immutable); the copy's delete wins.
+            Row::Tweet(t) if t.id == live_insert => {
+                assert!(t.deleted, "the source holds it deleted");
+                *t = Tweet {
+                    deleted: true,
+                    ..tweet(live_insert, 5, "live")
+                };
+            }
+            _ => {}
+        }
+    }
+    same_rows(&stored[0].0, &tweets, "mariadb's tweets");
+    same_rows(&stored[1].0, &tweets, "sqlite's tweets");
+    assert_eq!(stored[0].1, stored[1].1, "checksums");
+
+    // A text over 280 characters: LOAD DATA IGNORE would keep it cut short, so the load rolls
+    // back, the merge refuses it, and none of the 200 rows is stored.
+    let fresh = shard(
+        Database::open(&url, Duration::from_secs(5))
+            .await
+            .expect("open"),
+        Kind::Tweets,
+        "t1_0001",
+    );
+    fresh.materialize().await.expect("table");
+    let mut rows: Vec<Row> = (1..=200u64)
+        .map(|i| Row::Tweet(tweet(i << 22, 1, "fits")))
+        .collect();
+    rows[150] = Row::Tweet(tweet(151 << 22, 1, &"x".repeat(281)));
+    let err = fresh.write_rows(&rows).await.expect_err("too long a text");
+    assert!(err.to_string().contains("t1_0001"), "{err}");
+    assert_eq!(
+        fresh.checksum(all, None).await.expect("sum").rows,
+        0,
+        "nothing of the refused batch is stored"
+    );
+}
+
+/// Asserts two row lists are equal, naming the first row that differs (not all of them).
+fn same_rows(found: &[Row], expected: &[Row], what: &str) {
+    if let Some(i) = (0..found.len().max(expected.len())).find(|&i| found.get(i) != expected.get(i))
+    {
+        panic!(
+            "{what}: {} rows, {} expected; row {i} is {:?}, expected {:?}",
+            found.len(),
+            expected.len(),
+            found.get(i),
+            expected.get(i)
+        );
+    }
+}
+
+/// Returns how many `LOAD DATA` and `INSERT` statements a MariaDB server has run (zeros on
+/// SQLite).
+async fn statements(db: &Database) -> [i64; 2] {
+    if let Database::Sqlite { .. } = db {
+        return [0, 0];
+    }
+    let rows = db
+        .query_ints(
+            "SELECT CAST(VARIABLE_VALUE AS SIGNED) FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME IN ('COM_LOAD', 'COM_INSERT') ORDER BY VARIABLE_NAME DESC"
+                .into(),
+            vec![],
+        )
+        .await
+        .expect("status");
+    [
+        rows[0][0].expect("Com_load"),
+        rows[1][0].expect("Com_insert"),
+    ]
+}

@@ -137,6 +137,21 @@ impl Database {
         }
     }
 
+    /// Returns the same database whose operations each get `timeout` instead: for the rare
+    /// statement, such as building an index, that may rightly take longer than a query.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        match self {
+            Self::Mysql { pool, .. } => Self::Mysql {
+                pool: pool.clone(),
+                timeout,
+            },
+            Self::Sqlite { conn, .. } => Self::Sqlite {
+                conn: conn.clone(),
+                timeout,
+            },
+        }
+    }
+
     /// Runs `op` on a pooled MySQL connection under the deadline. Panics on SQLite: callers
     /// match on the variant first.
     pub async fn mysql<T, F, Fut>(&self, op: F) -> Result<T, DbError>

@@ -7,7 +7,10 @@
 //! a tombstone that wins whenever it arrives: before the tweet (the tweet then fills in the
 //! content but stays deleted), after it, or twice.
 
-use std::ops::{Range, RangeInclusive};
+use std::{
+    ops::{Range, RangeInclusive},
+    time::Duration,
+};
 
 use db::{Database, DbError, Param};
 use gizzard::{
@@ -326,6 +329,29 @@ impl TbirdShard {
             }
         };
         self.execute(sql, params).await.map(drop)
+    }
+
+    /// Returns whether the table has its index on the routing hash.
+    async fn has_hash_index(&self) -> Result<bool, ShardError> {
+        let sql = match self.db {
+            Database::Mysql { .. } => {
+                "SELECT COUNT(*) FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ?"
+            }
+            Database::Sqlite { .. } => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?"
+            }
+        };
+        let params = vec![
+            Param::Text(self.table.clone()),
+            Param::Text(format!("{}_hash", self.table)),
+        ];
+        let found = self
+            .db
+            .query_ints(sql.into(), params)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(found.first().and_then(|row| row[0]).unwrap_or(0) > 0)
     }
 
     /// Merges rows in statements of up to [`MERGE_ROWS`] rows.
@@ -672,6 +698,56 @@ impl PhysicalShard for TbirdShard {
             rows: int(0),
             digest: int(1),
         })
+    }
+
+    async fn count_rows(&self, hashes: Option<Range<i64>>) -> Result<u64, ShardError> {
+        let (mut filter, mut params) = ("1 = 1".to_owned(), Vec::new());
+        push_hash_filter(&mut filter, &mut params, hashes);
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {filter}", self.table);
+        let found = self
+            .db
+            .query_ints(sql, int_params(params))
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(found.first().and_then(|row| row[0]).unwrap_or(0) as u64)
+    }
+
+    async fn defer_indexes(&self) -> Result<(), ShardError> {
+        if !self.has_hash_index().await? {
+            return Ok(());
+        }
+        let table = &self.table;
+        let sql = match self.db {
+            // Dropping a secondary index only changes metadata: it does not wait on the rows.
+            Database::Mysql { .. } => format!("ALTER TABLE {table} DROP INDEX {table}_hash"),
+            Database::Sqlite { .. } => format!("DROP INDEX IF EXISTS {table}_hash"),
+        };
+        self.db.execute_batch(sql).await.map_err(|e| self.err(e))
+    }
+
+    async fn build_indexes(&self, rows: u64) -> Result<(), ShardError> {
+        if self.has_hash_index().await? {
+            return Ok(());
+        }
+        let table = &self.table;
+        let sql = match self.db {
+            // Built online: writes go on while it sorts (the statement fails rather than
+            // lock them out if the server cannot).
+            Database::Mysql { .. } => format!(
+                "ALTER TABLE {table} ADD INDEX {table}_hash (hash), ALGORITHM=INPLACE, LOCK=NONE"
+            ),
+            Database::Sqlite { .. } => {
+                format!("CREATE INDEX IF NOT EXISTS {table}_hash ON {table} (hash)")
+            }
+        };
+        // MariaDB built it at about 1M rows/s on the 2-core bench machine; the deadline
+        // allows 20k rows/s and a minute more.
+        let timeout = self.db.timeout() + Duration::from_secs(60 + rows / 20_000);
+        self.db
+            .with_timeout(timeout)
+            .execute_batch(sql)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {

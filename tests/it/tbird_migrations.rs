@@ -55,6 +55,38 @@ async fn dump(cluster: &TweetCluster, server: &TweetServer) -> gpb::Topology {
         .into_inner()
 }
 
+/// Returns the names of the indexes on a routing hash in a host's shard tables.
+async fn hash_indexes(host: &tests::MariaDb) -> Vec<String> {
+    names(
+        host,
+        "SELECT INDEX_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'hash' ORDER BY INDEX_NAME",
+    )
+    .await
+}
+
+/// Returns the names of a host's shard tables.
+async fn tables(host: &tests::MariaDb) -> Vec<String> {
+    names(
+        host,
+        "SELECT TABLE_NAME FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME",
+    )
+    .await
+}
+
+async fn names(host: &tests::MariaDb, sql: &'static str) -> Vec<String> {
+    let db = db::Database::open(&host.url("tbird"), Duration::from_secs(5))
+        .await
+        .expect("open host");
+    db.mysql(|mut conn| async move {
+        use mysql_async::prelude::Queryable;
+        conn.query::<String, _>(sql).await
+    })
+    .await
+    .expect("list names")
+}
+
 fn leaves_on(topology: &gpb::Topology, host: &str) -> Vec<String> {
     topology
         .shards
@@ -67,6 +99,9 @@ fn leaves_on(topology: &gpb::Topology, host: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     let (cluster, server) = TweetCluster::start(3, 2, 2).await;
+    // Enough rows that the moved table is copied without its hash index, which is built
+    // after the last page.
+    load(&cluster.hosts[..2], "t1_0000", 1 << 40, 3_000).await;
     let writes = writer(&server).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut admin = cluster.admin(&server).await;
@@ -80,7 +115,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     )
     .await;
     assert_eq!(moved.status, "done", "{moved:?}");
-    assert!(moved.rows_copied > 0, "{moved:?}");
+    assert!(moved.rows_copied > 3_000, "{moved:?}");
     let added = run_migration(
         &mut admin,
         Kind::AddReplica(gpb::AddReplicaRequest {
@@ -102,6 +137,11 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
         "a new replica keeps its source"
     );
     assert!(topology.shards.iter().all(|s| !s.busy), "nothing left busy");
+    // The copies dropped the new tables' hash indexes while they loaded; they are back.
+    assert_eq!(
+        hash_indexes(&cluster.hosts[2]).await,
+        ["t1_0000_tweets_hash", "t2_0001_timeline_hash"]
+    );
     check(&cluster, &server, &ledger).await;
 
     // A move that makes no sense is refused with the reason.
@@ -343,6 +383,11 @@ async fn a_rebalance_resumes_after_its_server_process_is_killed_mid_copy() {
     assert!(lost.is_empty(), "acknowledged tweets lost: {lost:?}");
     let on_c = ok(stack.gizzmo(&["shards", "--host", "c"]));
     assert_eq!(on_c.matches("c/").count(), 2, "{on_c}");
+    // A copy that was killed with its target's hash index dropped built it when it resumed.
+    let tables = tables(&third).await;
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    let expected: Vec<String> = tables.iter().map(|t| format!("{t}_hash")).collect();
+    assert_eq!(hash_indexes(&third).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,14 +153,27 @@ async fn tweets_and_timelines(db: Database) {
         }
     ));
 
-    // A copy of every row checksums the same.
+    // A copy of every row checksums the same, also one loaded with its hash index dropped
+    // (twice, as a resumed copy may) and built afterwards (twice).
     let copy = shard(db, Kind::Timelines, "t2_copy");
     copy.materialize().await.expect("copy table");
+    for _ in 0..2 {
+        copy.defer_indexes().await.expect("drop the hash index");
+    }
     copy.write_rows(&seen).await.expect("copy rows");
+    for _ in 0..2 {
+        copy.build_indexes(5).await.expect("build the hash index");
+    }
     let all = 0..=u64::MAX >> 1;
     assert_eq!(
         copy.checksum(all.clone(), None).await.expect("copy"),
-        timeline.checksum(all, None).await.expect("source")
+        timeline.checksum(all.clone(), None).await.expect("source")
+    );
+    assert_eq!(copy.count_rows(None).await.expect("count"), 5);
+    let low = 0..1 << 59;
+    assert_eq!(
+        copy.count_rows(Some(low.clone())).await.expect("count"),
+        timeline.checksum(all, Some(low)).await.expect("sum").rows
     );
 }
 

@@ -69,6 +69,8 @@ pub fn settings(nameserver_url: &str) -> ProxySettings {
                 page_rows: 64,
                 max_page_rows: 256,
                 chunk_rows: 100,
+                // Every copy drops its new target's hash index and builds it at the end.
+                defer_indexes_min_rows: 0,
                 ..Tuning::default()
             },
             ..MigrationSettings::default()

@@ -33,6 +33,9 @@ pub struct Tuning {
     pub confirm_after: Duration,
     /// Times a failed page is retried before the copy gives up (and its job retries later).
     pub page_attempts: u32,
+    /// The fewest rows a copy must have before it drops a nearly empty target's
+    /// migration-only indexes and builds them after the last page.
+    pub defer_indexes_min_rows: u64,
 }
 
 impl Default for Tuning {
@@ -41,10 +44,11 @@ impl Default for Tuning {
             page_rows: 2_000,
             min_page_rows: 50,
             max_page_rows: 16_000,
-            write_parallelism: 4,
+            write_parallelism: 2,
             chunk_rows: 50_000,
             confirm_after: Duration::from_millis(200),
             page_attempts: 5,
+            defer_indexes_min_rows: 10_000,
         }
     }
 }

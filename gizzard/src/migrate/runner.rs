@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::{
     model::{HashRange, Migration, MigrationId, MovePlan, Plan, Progress, SplitPlan, Status, Step},
-    ops::{self, Copier, Differ, MAX_KEY, Tuning},
+    ops::{self, Copier, Differ, Tuning},
     plan,
     store::{MigrationStore, StoreError},
 };
@@ -362,11 +362,13 @@ impl<S: PhysicalShard> Run<'_, S> {
         for id in to {
             targets.push(self.leaf(id).await?);
         }
+        let tuning = self.inner().settings.tuning.clone();
         if self.progress.rows_total == 0 {
-            let total = source
-                .checksum(0..=MAX_KEY, hashes.map(HashRange::range))
+            self.progress.rows_total = source.count_rows(hashes.map(HashRange::range)).await?;
+        }
+        if self.progress.cursor.is_none() {
+            self.defer_indexes(&targets, self.progress.rows_total, &tuning)
                 .await?;
-            self.progress.rows_total = total.rows;
         }
         let cursor = match &self.progress.cursor {
             Some(value) => Some({
@@ -381,19 +383,50 @@ impl<S: PhysicalShard> Run<'_, S> {
             }),
             None => None,
         };
-        let settings = self.inner().settings.clone();
+        let rows_per_second = self
+            .progress
+            .rows_per_second
+            .or(self.inner().settings.rows_per_second);
         let mut copier = Copier::new(
             &*source,
             &targets,
             hashes.map(HashRange::range),
             cursor,
-            &settings.tuning,
-            self.progress.rows_per_second.or(settings.rows_per_second),
+            &tuning,
+            rows_per_second,
         );
         while let Some(page) = copier.next_page().await? {
             self.progress.cursor = serde_json::to_value(&page.cursor).ok();
             self.progress.rows_copied += page.rows as u64;
             self.save().await?;
+        }
+        // Also after a resume: the indexes may have been dropped before a crash.
+        self.progress.note = "building the copy's indexes".into();
+        self.save().await?;
+        for target in &targets {
+            target.build_indexes(self.progress.rows_copied).await?;
+        }
+        self.progress.note.clear();
+        Ok(())
+    }
+
+    /// Drops the migration-only indexes of targets that hold under a tenth of the `rows` to
+    /// copy, when there are enough rows for it to pay: loading rows into a table without its
+    /// index on random hashes, then building the index in one sorted pass, took MariaDB
+    /// under half the time of updating the index row by row (1M tweet rows, 2 cores).
+    async fn defer_indexes(
+        &mut self,
+        targets: &[Arc<S>],
+        rows: u64,
+        tuning: &Tuning,
+    ) -> Result<(), Stop> {
+        if rows < tuning.defer_indexes_min_rows {
+            return Ok(());
+        }
+        for target in targets {
+            if target.count_rows(None).await?.saturating_mul(10) <= rows {
+                target.defer_indexes().await?;
+            }
         }
         Ok(())
     }

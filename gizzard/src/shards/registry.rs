@@ -79,6 +79,33 @@ pub trait PhysicalShard: Send + Sync + 'static {
         hashes: Option<Range<i64>>,
     ) -> impl Future<Output = Result<Checksum, ShardError>> + Send;
 
+    /// Returns how many rows the shard holds (only those whose hash is in `hashes` when
+    /// given), for a copy's progress estimate. By default, from a checksum.
+    fn count_rows(
+        &self,
+        hashes: Option<Range<i64>>,
+    ) -> impl Future<Output = Result<u64, ShardError>> + Send {
+        async move {
+            let all = 0..=crate::migrate::ops::MAX_KEY;
+            Ok(self.checksum(all, hashes).await?.rows)
+        }
+    }
+
+    /// Drops the secondary indexes that only migrations read (such as the one on the key's
+    /// hash), so that a copy into a new, empty shard does not update them row by row;
+    /// [`PhysicalShard::build_indexes`] puts them back before the copy counts as done. By
+    /// default there are none.
+    fn defer_indexes(&self) -> impl Future<Output = Result<(), ShardError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Creates the secondary indexes that are missing, without blocking writes; `rows`, about
+    /// how many the shard holds, sizes the deadline.
+    fn build_indexes(&self, rows: u64) -> impl Future<Output = Result<(), ShardError>> + Send {
+        let _ = rows;
+        async { Ok(()) }
+    }
+
     /// Deletes the rows whose hash is in `hashes` (after a split moved them elsewhere).
     fn delete_hash_range(
         &self,

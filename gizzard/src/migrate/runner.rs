@@ -10,7 +10,11 @@
 //! clean diff and an empty retry queue for the shards involved. A cancel before the cutover
 //! removes what was added: the old shards received every write all along.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -152,6 +156,7 @@ impl<S: PhysicalShard> Migrator<S> {
             id,
             owner,
             progress: migration.progress.clone(),
+            saved_at: Instant::now(),
         };
         // A rebalance still drives its running moves through their own cancellation.
         let rebalance = matches!(migration.plan, Plan::Rebalance(_));
@@ -188,7 +193,13 @@ struct Run<'a, S> {
     id: MigrationId,
     owner: String,
     progress: Progress,
+    saved_at: Instant,
 }
+
+/// How often a copy or diff saves its cursor and counts. A page takes milliseconds and each
+/// save is a durable write to the nameserver the copy would wait on; a resumed copy redoes at
+/// most this much work, and its writes merge.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 impl<S: PhysicalShard> Run<'_, S> {
     fn inner(&self) -> &Inner<S> {
@@ -202,7 +213,16 @@ impl<S: PhysicalShard> Run<'_, S> {
             .store
             .save(self.id, &self.owner, &self.progress)
             .await?;
+        self.saved_at = Instant::now();
         if cancel { Err(Stop::Cancelled) } else { Ok(()) }
+    }
+
+    /// Saves progress if the last save is [`SAVE_EVERY`] old.
+    async fn save_now_and_then(&mut self) -> Result<(), Stop> {
+        if self.saved_at.elapsed() < SAVE_EVERY {
+            return Ok(());
+        }
+        self.save().await
     }
 
     async fn step(&mut self, step: Step) -> Result<(), Stop> {
@@ -398,7 +418,7 @@ impl<S: PhysicalShard> Run<'_, S> {
         while let Some(page) = copier.next_page().await? {
             self.progress.cursor = serde_json::to_value(&page.cursor).ok();
             self.progress.rows_copied += page.rows as u64;
-            self.save().await?;
+            self.save_now_and_then().await?;
         }
         // Also after a resume: the indexes may have been dropped before a crash.
         self.progress.note = "building the copy's indexes".into();
@@ -447,7 +467,7 @@ impl<S: PhysicalShard> Run<'_, S> {
         while let Some(chunk) = differ.next_chunk().await? {
             self.progress.rows_compared += chunk.compared;
             differences.extend(chunk.differences);
-            self.save().await?;
+            self.save_now_and_then().await?;
         }
         let found = differences.len() as u64;
         self.progress.differing = found;

@@ -376,7 +376,13 @@ pub enum Loaded {
     /// Rolled back: the server warned about something other than a skipped duplicate (a
     /// value it had to convert), so nothing was kept.
     RolledBack { warnings: u64 },
+    /// Refused: the server does not take `LOAD DATA LOCAL` (its `local_infile` is off).
+    Refused,
 }
+
+/// The server errors that say `LOAD DATA LOCAL` is disabled: MySQL's 1148 and 3948, and
+/// MariaDB's 4166.
+const LOCAL_INFILE_DISABLED: [u16; 3] = [1148, 3948, 4166];
 
 impl Database {
     /// Runs `sql`, a `LOAD DATA LOCAL INFILE ... IGNORE` statement, with `data` (`rows` rows)
@@ -400,7 +406,12 @@ impl Database {
             let mut tx = conn
                 .start_transaction(mysql_async::TxOpts::default())
                 .await?;
-            tx.query_drop(sql).await?;
+            match tx.query_drop(sql).await {
+                Err(mysql_async::Error::Server(e)) if LOCAL_INFILE_DISABLED.contains(&e.code) => {
+                    return Ok(Loaded::Refused);
+                }
+                result => result?,
+            }
             let inserted = tx.affected_rows();
             let warnings = u64::from(tx.get_warnings());
             if warnings > rows.saturating_sub(inserted) {

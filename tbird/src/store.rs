@@ -389,6 +389,17 @@ impl TbirdShard {
             .map_err(|e| self.err(e))?;
         match loaded {
             db::Loaded::Committed { inserted } if inserted == rows.len() as u64 => Ok(()),
+            db::Loaded::Refused => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        shard = %self.id,
+                        "the MySQL server refuses LOAD DATA LOCAL (local_infile is off): \
+                         copies fall back to multi-row INSERTs, about half as fast"
+                    );
+                });
+                self.merge_all(rows).await
+            }
             _ => self.merge_all(rows).await,
         }
     }

@@ -447,3 +447,34 @@ async fn statements(db: &Database) -> [i64; 2] {
         rows[1][0].expect("Com_insert"),
     ]
 }
+
+/// A MariaDB with `local_infile` off refuses `LOAD DATA LOCAL`; copies still write every row,
+/// as multi-row INSERTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_fall_back_to_inserts_when_the_server_refuses_load_data() {
+    let server = tests::MariaDb::start_with(&["--local-infile=0"])
+        .await
+        .expect("mariadb");
+    let url = server.create_database("tbird").await.expect("database");
+    let db = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open");
+    let tweets = shard(db.clone(), Kind::Tweets, "t1_0000");
+    tweets.materialize().await.expect("table");
+    let rows: Vec<Row> = (1..=500u64)
+        .map(|i| Row::Tweet(tweet(i << 22, 1 + i % 7, &format!("tweet {i}"))))
+        .collect();
+    let before = statements(&db).await;
+    tweets.write_rows(&rows).await.expect("copy");
+    let after = statements(&db).await;
+    same_rows(
+        &tweets.read_page(None, 1_000, None).await.expect("read"),
+        &rows,
+        "copied rows",
+    );
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [1, 1],
+        "one refused LOAD DATA, then one INSERT of the 500 rows"
+    );
+}

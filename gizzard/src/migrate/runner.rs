@@ -433,7 +433,7 @@ impl<S: PhysicalShard> Run<'_, S> {
     /// Drops the migration-only indexes of targets that hold under a tenth of the `rows` to
     /// copy, when there are enough rows for it to pay: loading rows into a table without its
     /// index on random hashes, then building the index in one sorted pass, took MariaDB
-    /// under half the time of updating the index row by row (1M tweet rows, 2 cores).
+    /// about half the time of updating the index row by row (1M tweet rows, 2 cores).
     async fn defer_indexes(
         &mut self,
         targets: &[Arc<S>],

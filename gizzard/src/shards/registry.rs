@@ -101,8 +101,7 @@ pub trait PhysicalShard: Send + Sync + 'static {
 
     /// Creates the secondary indexes that are missing, without blocking writes; `rows`, about
     /// how many the shard holds, sizes the deadline.
-    fn build_indexes(&self, rows: u64) -> impl Future<Output = Result<(), ShardError>> + Send {
-        let _ = rows;
+    fn build_indexes(&self, _rows: u64) -> impl Future<Output = Result<(), ShardError>> + Send {
         async { Ok(()) }
     }
 

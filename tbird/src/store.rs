@@ -280,9 +280,7 @@ impl TbirdShard {
                 );
                 let mut params = Vec::with_capacity(rows.len() * 6);
                 for row in rows {
-                    let Row::Tweet(t) = row else {
-                        return Err(self.wrong_kind("a timeline row"));
-                    };
+                    let t = row.tweet().map_err(|what| self.wrong_kind(what))?;
                     params.extend([
                         Param::Int(t.id as i64),
                         Param::Int(hash(t.id)),
@@ -310,19 +308,13 @@ impl TbirdShard {
                 );
                 let mut params = Vec::with_capacity(rows.len() * 4);
                 for row in rows {
-                    let Row::Timeline {
-                        user_id,
-                        tweet_id,
-                        deleted,
-                    } = row
-                    else {
-                        return Err(self.wrong_kind("a tweet row"));
-                    };
+                    let (user_id, tweet_id, deleted) =
+                        row.timeline().map_err(|what| self.wrong_kind(what))?;
                     params.extend([
-                        Param::Int(*user_id as i64),
-                        Param::Int(*tweet_id as i64),
-                        Param::Int(hash(*user_id)),
-                        Param::Int(i64::from(*deleted)),
+                        Param::Int(user_id as i64),
+                        Param::Int(tweet_id as i64),
+                        Param::Int(hash(user_id)),
+                        Param::Int(i64::from(deleted)),
                     ]);
                 }
                 (sql, params)
@@ -422,9 +414,7 @@ const LOAD_MIN_ROWS: usize = 100;
 fn tweets_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
     let mut out = Vec::with_capacity(rows.len() * 160);
     for row in rows {
-        let Row::Tweet(t) = row else {
-            return Err("a timeline row");
-        };
+        let t = row.tweet()?;
         push_int(&mut out, t.id as i64, b'\t');
         push_int(&mut out, hash(t.id), b'\t');
         push_int(&mut out, t.user_id as i64, b'\t');
@@ -443,18 +433,11 @@ fn tweets_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
 fn timelines_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
     let mut out = Vec::with_capacity(rows.len() * 48);
     for row in rows {
-        let Row::Timeline {
-            user_id,
-            tweet_id,
-            deleted,
-        } = row
-        else {
-            return Err("a tweet row");
-        };
-        push_int(&mut out, *user_id as i64, b'\t');
-        push_int(&mut out, *tweet_id as i64, b'\t');
-        push_int(&mut out, hash(*user_id), b'\t');
-        push_int(&mut out, i64::from(*deleted), b'\n');
+        let (user_id, tweet_id, deleted) = row.timeline()?;
+        push_int(&mut out, user_id as i64, b'\t');
+        push_int(&mut out, tweet_id as i64, b'\t');
+        push_int(&mut out, hash(user_id), b'\t');
+        push_int(&mut out, i64::from(deleted), b'\n');
     }
     Ok(out)
 }
@@ -481,6 +464,26 @@ fn push_escaped(out: &mut Vec<u8>, text: &str) {
 }
 
 impl Row {
+    /// Returns the tweet of a tweet row, or what the row is instead.
+    fn tweet(&self) -> Result<&Tweet, &'static str> {
+        match self {
+            Row::Tweet(tweet) => Ok(tweet),
+            Row::Timeline { .. } => Err("a timeline row"),
+        }
+    }
+
+    /// Returns a timeline row's user, tweet and deleted flag, or what the row is instead.
+    fn timeline(&self) -> Result<(u64, u64, bool), &'static str> {
+        match *self {
+            Row::Timeline {
+                user_id,
+                tweet_id,
+                deleted,
+            } => Ok((user_id, tweet_id, deleted)),
+            Row::Tweet(_) => Err("a tweet row"),
+        }
+    }
+
     fn into_tweet(self) -> Option<Tweet> {
         match self {
             Row::Tweet(tweet) => Some(tweet),

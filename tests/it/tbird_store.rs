@@ -206,16 +206,7 @@ async fn tweet_shards_on_sqlite() {
 /// missing, changes the checksum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksums_agree_across_backends_and_see_each_column() {
-    let server = tests::MariaDb::start().await.expect("mariadb");
-    let url = server.create_database("tbird").await.expect("database");
-    let mysql = Database::open(&url, Duration::from_secs(5))
-        .await
-        .expect("open mariadb");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("tbird.db").display());
-    let sqlite = Database::open(&url, Duration::from_secs(5))
-        .await
-        .expect("open sqlite");
+    let (_server, _, mysql, dir, sqlite) = mariadb_and_sqlite().await;
     let rows: Vec<Row> = (1..=50u64)
         .map(|i| {
             Row::Tweet(Tweet {
@@ -264,7 +255,7 @@ async fn checksums_agree_across_backends_and_see_each_column() {
         changed(&|t| t.deleted = !t.deleted),
     ];
     for (i, variant) in variants.into_iter().enumerate() {
-        let s = shard(sqlite_db(&dir, i).await, Kind::Tweets, "t1_0000");
+        let s = shard(sqlite_db(&dir, i + 1).await, Kind::Tweets, "t1_0000");
         s.materialize().await.expect("table");
         let mut mine: Vec<Row> = rows[..50].to_vec();
         mine[9] = variant;
@@ -282,6 +273,25 @@ async fn checksums_agree_across_backends_and_see_each_column() {
     );
 }
 
+/// Starts a MariaDB with a `tbird` database and opens it, and opens SQLite file 0 of a new
+/// directory; returns the server, the database's URL, both handles and the directory.
+async fn mariadb_and_sqlite() -> (
+    tests::MariaDb,
+    String,
+    Database,
+    tempfile::TempDir,
+    Database,
+) {
+    let server = tests::MariaDb::start().await.expect("mariadb");
+    let url = server.create_database("tbird").await.expect("database");
+    let mysql = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open mariadb");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = sqlite_db(&dir, 0).await;
+    (server, url, mysql, dir, sqlite)
+}
+
 async fn sqlite_db(dir: &tempfile::TempDir, i: usize) -> Database {
     let url = format!("sqlite://{}", dir.path().join(format!("v{i}.db")).display());
     Database::open(&url, Duration::from_secs(5))
@@ -295,13 +305,7 @@ async fn sqlite_db(dir: &tempfile::TempDir, i: usize) -> Database {
 /// A row MariaDB could only store converted loads nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_copies_keep_every_byte_and_merge_with_live_writes() {
-    let server = tests::MariaDb::start().await.expect("mariadb");
-    let url = server.create_database("tbird").await.expect("database");
-    let mysql = Database::open(&url, Duration::from_secs(5))
-        .await
-        .expect("open mariadb");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sqlite = sqlite_db(&dir, 0).await;
+    let (_server, url, mysql, _dir, sqlite) = mariadb_and_sqlite().await;
 
     let odd = [
         "tab\there",

@@ -379,21 +379,24 @@ impl TbirdShard {
             .load_data(sql, data, rows.len() as u64)
             .await
             .map_err(|e| self.err(e))?;
-        match loaded {
-            db::Loaded::Committed { inserted } if inserted == rows.len() as u64 => Ok(()),
-            db::Loaded::Refused => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!(
-                        shard = %self.id,
-                        "the MySQL server refuses LOAD DATA LOCAL (local_infile is off): \
-                         copies fall back to multi-row INSERTs, about half as fast"
-                    );
-                });
-                self.merge_all(rows).await
-            }
-            _ => self.merge_all(rows).await,
+        if loaded
+            == (db::Loaded::Committed {
+                inserted: rows.len() as u64,
+            })
+        {
+            return Ok(());
         }
+        if loaded == db::Loaded::Refused {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    shard = %self.id,
+                    "the MySQL server refuses LOAD DATA LOCAL (local_infile is off): \
+                     copies fall back to multi-row INSERTs, about half as fast"
+                );
+            });
+        }
+        self.merge_all(rows).await
     }
 
     async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, ShardError> {

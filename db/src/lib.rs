@@ -48,7 +48,8 @@ pub enum DbError {
 #[derive(Clone)]
 pub enum Database {
     Mysql {
-        pool: mysql_async::Pool,
+        // Behind an Arc of ours so `same_as` can tell pools apart.
+        pool: Arc<mysql_async::Pool>,
         timeout: Duration,
     },
     Sqlite {
@@ -108,7 +109,7 @@ impl Database {
                         .with_reset_connection(false),
                 );
             Ok(Self::Mysql {
-                pool: mysql_async::Pool::new(opts),
+                pool: Arc::new(mysql_async::Pool::new(opts)),
                 timeout,
             })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
@@ -134,6 +135,16 @@ impl Database {
     pub fn timeout(&self) -> Duration {
         match self {
             Self::Mysql { timeout, .. } | Self::Sqlite { timeout, .. } => *timeout,
+        }
+    }
+
+    /// Returns whether `other` shares this database's pool (MySQL) or connection (SQLite), so
+    /// one statement may serve both.
+    pub fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Mysql { pool: a, .. }, Self::Mysql { pool: b, .. }) => Arc::ptr_eq(a, b),
+            (Self::Sqlite { conn: a, .. }, Self::Sqlite { conn: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 

@@ -512,7 +512,7 @@ impl Direct {
             pools.insert(name.clone(), db);
         }
         let snapshot = RoutingSnapshot::new(topology);
-        let registry = store::registry();
+        let registry = store::plain_registry();
         let mut leaves = HashMap::new();
         for table_id in [TWEETS_TABLE, TIMELINES_TABLE] {
             for forwarding in snapshot.forwardings(table_id) {

@@ -1,74 +1,54 @@
-//! Batched tweet reads per leaf, the read side of the proxy's write coalescing. Under load many
-//! `GetTweet` calls hit the same replica at once, and each sent alone costs the database a
-//! statement and the proxy a round trip. A read that finds its leaf with a free statement slot
-//! goes out at once (no timer, so an idle proxy adds no latency); reads that arrive while
-//! every slot is busy wait, and the next statement to finish takes all of them (up to
-//! [`MAX_IDS`] ids) into one `id IN (...)` query, whose rows go back to each caller.
+//! Batched tweet reads, the read side of the proxy's write coalescing: concurrent reads of one
+//! host share a query ([`TbirdShard::get_tweets_of`], at most [`MAX_IDS`] ids), queued per host
+//! by [`crate::hosts`], whose rows go back to each caller.
 //!
-//! Statements run in spawned tasks, so a caller that gives up never strands the reads batched
-//! with its own. A failed statement fails every read in it; each caller's tree then tries the
-//! next replica, as for a read sent alone.
+//! Queues are per host rather than per leaf because a host holds many leaves: with one queue
+//! per leaf, 32 concurrent reads over T-Bird's 16 tweet leaves almost never met in a queue and
+//! went out one statement each.
+//!
+//! A query the host fails (unreachable, too slow) fails every read in it; each caller's tree
+//! then tries the next replica, as for a read sent alone. A query the host answers with an
+//! error (a table being dropped by a migration, say) is retried table by table, so one broken
+//! table fails only its own readers.
 
-use std::{
-    collections::{HashMap, HashSet},
-    mem,
-    panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
+use std::{sync::Arc, time::Duration};
+
+use gizzard::shards::{Leaf, ShardError};
+
+use crate::{
+    hosts::{HostJob, HostQueues, Queued},
+    store::TbirdShard,
+    tweet::Tweet,
 };
-
-use futures::FutureExt;
-use gizzard::{
-    nameserver::ShardId,
-    shards::{Leaf, ShardError},
-};
-use tokio::sync::oneshot;
-
-use crate::{store::TbirdShard, tweet::Tweet};
 
 /// The most ids one batched query asks for (a single larger read still goes out alone).
 pub const MAX_IDS: usize = 1_000;
 
-/// The most queries in flight on one leaf; reads that arrive while it runs queue and go out
-/// together in the next one. A host holds many leaves, so it still gets many queries at once.
-pub const MAX_IN_FLIGHT: usize = 1;
-
-/// What one batched query returns to each of its callers.
-type Found = Result<Arc<Vec<Tweet>>, ShardError>;
-
-/// The per-leaf read queues of one server.
+/// The per-host read queues of one server.
 pub struct TweetReads {
-    queues: Mutex<HashMap<ShardId, Arc<LeafReads>>>,
+    queues: HostQueues<Read>,
     timeout: Duration,
 }
 
-/// The reads waiting for one leaf and the queries running on it.
-struct LeafReads {
+/// One caller's read: ids (sorted) on one leaf.
+struct Read {
     leaf: Leaf<TbirdShard>,
-    state: Mutex<ReadState>,
-}
-
-#[derive(Default)]
-struct ReadState {
-    running: usize,
-    pending: Vec<Waiting>,
-}
-
-struct Waiting {
     ids: Vec<u64>,
-    done: oneshot::Sender<Found>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The critical sections only move values in and out; a panic cannot leave them torn.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// The reads of one batch that go to one leaf.
+struct Part {
+    leaf: Leaf<TbirdShard>,
+    ids: Vec<u64>,
+    callers: Vec<Queued<Read>>,
 }
 
 impl TweetReads {
-    /// Returns queues whose reads each wait at most `timeout` (the leaf deadline).
-    pub fn new(timeout: Duration) -> Self {
+    /// Returns queues that run at most `per_host` queries at once on each host, and whose
+    /// reads each wait at most `timeout` (the leaf deadline).
+    pub fn new(timeout: Duration, per_host: usize) -> Self {
         Self {
-            queues: Mutex::new(HashMap::new()),
+            queues: HostQueues::new(per_host, MAX_IDS),
             timeout,
         }
     }
@@ -80,114 +60,126 @@ impl TweetReads {
         leaf: &Leaf<TbirdShard>,
         ids: &[u64],
     ) -> Result<Vec<Tweet>, ShardError> {
-        let queue = self.queue(leaf);
-        let (done, found) = oneshot::channel();
-        let start = {
-            let mut state = lock(&queue.state);
-            state.pending.push(Waiting {
-                ids: ids.to_vec(),
-                done,
-            });
-            let free = state.running < MAX_IN_FLIGHT;
-            state.running += usize::from(free);
-            free
+        let mut ids = ids.to_vec();
+        // Sorted, so the caller's rows are picked out of a batch by binary search.
+        ids.sort_unstable();
+        let read = Read {
+            leaf: leaf.clone(),
+            ids,
         };
-        if start {
-            tokio::spawn(queue.run());
-        }
         let shard = || leaf.id.to_string();
-        let found = match tokio::time::timeout(self.timeout, found).await {
-            Ok(Ok(found)) => found?,
-            Ok(Err(_)) => {
-                return Err(ShardError::Unavailable {
-                    shard: shard(),
-                    reason: "the read's query was dropped".into(),
+        let found = self.queues.submit(&leaf.id.hostname, read);
+        match tokio::time::timeout(self.timeout, found).await {
+            Ok(Some(found)) => found,
+            Ok(None) => Err(ShardError::Query {
+                shard: shard(),
+                message: "the read panicked".into(),
+            }),
+            Err(_) => Err(ShardError::Timeout {
+                shard: shard(),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+impl HostJob for Read {
+    type Output = Result<Vec<Tweet>, ShardError>;
+
+    fn weight(&self) -> usize {
+        self.ids.len()
+    }
+
+    async fn run(batch: Vec<Queued<Self>>) {
+        read(parts(batch)).await;
+    }
+}
+
+/// Groups a batch by leaf. Leaves are told apart by their shard objects, not only their ids,
+/// so a read planned before a host's pool was replaced never goes through the new one unasked.
+fn parts(batch: Vec<Queued<Read>>) -> Vec<Part> {
+    let mut parts: Vec<Part> = Vec::new();
+    for queued in batch {
+        let leaf = &queued.job.leaf;
+        let part = match parts
+            .iter_mut()
+            .position(|p| Arc::ptr_eq(&p.leaf.shard, &leaf.shard))
+        {
+            Some(i) => &mut parts[i],
+            None => {
+                parts.push(Part {
+                    leaf: leaf.clone(),
+                    ids: Vec::new(),
+                    callers: Vec::new(),
                 });
-            }
-            Err(_) => {
-                return Err(ShardError::Timeout {
-                    shard: shard(),
-                    after: self.timeout,
-                });
+                parts.last_mut().expect("just pushed")
             }
         };
-        let wanted: HashSet<u64> = ids.iter().copied().collect();
-        Ok(found
-            .iter()
-            .filter(|t| wanted.contains(&t.id))
-            .cloned()
-            .collect())
+        part.ids.extend_from_slice(&queued.job.ids);
+        part.callers.push(queued);
     }
+    for part in &mut parts {
+        part.ids.sort_unstable();
+        part.ids.dedup();
+    }
+    parts
+}
 
-    /// Returns the queue of `leaf`, replacing one kept for an older shard object of the same id
-    /// (a host whose URL changed), so a batch never reads through a stale pool.
-    fn queue(&self, leaf: &Leaf<TbirdShard>) -> Arc<LeafReads> {
-        let mut queues = lock(&self.queues);
-        match queues.get(&leaf.id) {
-            Some(queue) if Arc::ptr_eq(&queue.leaf.shard, &leaf.shard) => queue.clone(),
-            _ => {
-                let queue = Arc::new(LeafReads {
-                    leaf: leaf.clone(),
-                    state: Mutex::default(),
-                });
-                queues.insert(leaf.id.clone(), queue.clone());
-                queue
+/// Reads every part, in one query when their shards share a pool, and answers each caller.
+async fn read(parts: Vec<Part>) {
+    let (together, apart): (Vec<Part>, Vec<Part>) = match parts.first() {
+        Some(first) => {
+            let first = first.leaf.shard.clone();
+            parts
+                .into_iter()
+                .partition(|p| p.leaf.shard.shares_pool_with(&first))
+        }
+        None => return,
+    };
+    let found = query(&together).await;
+    match found {
+        Ok(found) => together
+            .into_iter()
+            .zip(found)
+            .for_each(|(part, found)| answer(part, Ok(found))),
+        // The host answered: find which table it refused by reading each one alone.
+        Err(ShardError::Query { .. }) if together.len() > 1 => {
+            for part in together {
+                let found = query(std::slice::from_ref(&part)).await;
+                answer(part, found.map(|mut f| f.remove(0)));
             }
         }
+        Err(err) => together
+            .into_iter()
+            .for_each(|part| answer(part, Err(err.clone()))),
+    }
+    // Parts on another pool (rare: a host whose URL just changed) go in their own query.
+    if !apart.is_empty() {
+        Box::pin(read(apart)).await;
     }
 }
 
-impl LeafReads {
-    /// Runs queries on the leaf while reads are waiting, then gives its slot back.
-    async fn run(self: Arc<Self>) {
-        loop {
-            let batch = {
-                let mut state = lock(&self.state);
-                if state.pending.is_empty() {
-                    // Under the lock: a read queued after this sees the free slot.
-                    state.running -= 1;
-                    return;
-                }
-                take_batch(&mut state.pending)
-            };
-            // A caller that gave up has its error already.
-            let batch: Vec<Waiting> = batch.into_iter().filter(|w| !w.done.is_closed()).collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let mut ids: Vec<u64> = batch.iter().flat_map(|w| w.ids.iter().copied()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            // A panicking read must not take the slot with it: it fails its batch instead.
-            let query = AssertUnwindSafe(self.leaf.shard.get_tweets(&ids)).catch_unwind();
-            let found = match query.await {
-                Ok(found) => found.map(Arc::new),
-                Err(_) => Err(ShardError::Query {
-                    shard: self.leaf.id.to_string(),
-                    message: "the read panicked".into(),
-                }),
-            };
-            for waiting in batch {
-                let _ = waiting.done.send(found.clone());
-            }
-        }
-    }
-}
-
-/// Takes the oldest waiting reads, at least one, until they ask for [`MAX_IDS`] ids.
-fn take_batch(pending: &mut Vec<Waiting>) -> Vec<Waiting> {
-    let mut ids = 0;
-    let n = pending
+/// Runs one query over `parts` (all on one pool).
+async fn query(parts: &[Part]) -> Result<Vec<Vec<Tweet>>, ShardError> {
+    let reads: Vec<(&TbirdShard, &[u64])> = parts
         .iter()
-        .take_while(|w| {
-            let take = ids == 0 || ids + w.ids.len() <= MAX_IDS;
-            ids += w.ids.len();
-            take
-        })
-        .count()
-        .max(1);
-    if n == pending.len() {
-        return mem::take(pending);
+        .map(|p| (&*p.leaf.shard, p.ids.as_slice()))
+        .collect();
+    TbirdShard::get_tweets_of(&reads).await
+}
+
+/// Sends each caller of `part` the tweets it asked for, or the error naming its own leaf.
+fn answer(part: Part, found: Result<Vec<Tweet>, ShardError>) {
+    let shard = part.leaf.id.to_string();
+    for caller in part.callers {
+        let mine = match &found {
+            Ok(found) => Ok(found
+                .iter()
+                .filter(|t| caller.job.ids.binary_search(&t.id).is_ok())
+                .cloned()
+                .collect()),
+            Err(err) => Err(err.clone().on_shard(&shard)),
+        };
+        caller.answer(mine);
     }
-    pending.drain(..n).collect()
 }

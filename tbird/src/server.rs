@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub db_timeout: Duration,
     /// Name reported to `gizzmo ping`.
     pub server_name: String,
+    /// Read statements, and separately write statements, in flight on one shard host; those
+    /// arriving meanwhile share the next one.
+    pub statements_per_host: usize,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
             db_timeout: db::DEFAULT_TIMEOUT,
             server_name: "tbird".into(),
+            statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
         }
     }
 }
@@ -107,6 +111,11 @@ impl ServerConfig {
                 "job-workers must be at least 1".into(),
             ));
         }
+        if self.statements_per_host == 0 {
+            return Err(ServerError::Invalid(
+                "statements-per-host must be at least 1".into(),
+            ));
+        }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(ServerError::Invalid(
                 "admin-token is empty: leave it out to allow every caller".into(),
@@ -145,7 +154,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     };
     let proxy = Proxy::start(
         settings,
-        store::registry(),
+        store::registry(config.statements_per_host),
         HashMap::new(),
         shutdown.clone(),
     )
@@ -167,7 +176,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let (tweets_listener, admin_listener) =
         (bind(config.listen).await?, bind(config.admin_listen).await?);
     let manager = proxy.manager().into_server();
-    let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
+    let tweets = TweetService::new(Arc::new(proxy), ids)
+        .with_reads_per_host(config.statements_per_host)
+        .into_server();
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

@@ -75,13 +75,22 @@ fn to_pb(tweet: Tweet) -> pb::Tweet {
 impl TweetService {
     /// Returns the service over `proxy`, taking new ids from `ids`.
     pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource) -> Self {
-        let reads = Arc::new(TweetReads::new(proxy.settings().db_timeout));
+        let reads = Arc::new(TweetReads::new(
+            proxy.settings().db_timeout,
+            crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
+        ));
         Self {
             reads,
             proxy,
             ids,
             metrics: Arc::default(),
         }
+    }
+
+    /// Returns the service with at most `per_host` read queries in flight on each host.
+    pub fn with_reads_per_host(mut self, per_host: usize) -> Self {
+        self.reads = Arc::new(TweetReads::new(self.proxy.settings().db_timeout, per_host));
+        self
     }
 
     /// Returns the tonic server for this service.

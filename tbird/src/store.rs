@@ -9,6 +9,7 @@
 
 use std::{
     ops::{Range, RangeInclusive},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,7 +21,10 @@ use gizzard::{
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 
-use crate::tweet::Tweet;
+use crate::{
+    hosts::{HostJob, HostQueues, Queued},
+    tweet::Tweet,
+};
 
 /// The forwarding table of tweets by id.
 pub const TWEETS_TABLE: i32 = 1;
@@ -45,6 +49,8 @@ pub struct TbirdShard {
     kind: Kind,
     table: String,
     db: Database,
+    /// Where write batches to this shard's host meet; `None` sends each alone.
+    merges: Option<Arc<Merges>>,
 }
 
 /// A stored row of either table, tombstones included.
@@ -71,8 +77,23 @@ pub enum TbirdWrite {
     RemoveFromTimeline { user_id: u64, tweet_id: u64 },
 }
 
-/// Returns the registry of T-Bird's shard types.
-pub fn registry() -> Registry<TbirdShard> {
+/// Returns the registry of T-Bird's shard types, as a proxy builds them: write batches to one
+/// MySQL host share round trips, at most `statements_per_host` in flight ([`Merges`]).
+pub fn registry(statements_per_host: usize) -> Registry<TbirdShard> {
+    let merges = Arc::new(Merges::new(statements_per_host));
+    let timeline_merges = merges.clone();
+    Registry::default()
+        .register(TWEET_SHARD, move |info: &ShardInfo, db| {
+            Ok(TbirdShard::new(info, Kind::Tweets, db).with_merges(merges.clone()))
+        })
+        .register(TIMELINE_SHARD, move |info: &ShardInfo, db| {
+            Ok(TbirdShard::new(info, Kind::Timelines, db).with_merges(timeline_merges.clone()))
+        })
+}
+
+/// The shard types with every write batch sent alone, as a plain connection pool would: the
+/// direct baseline of `tbird bench`.
+pub fn plain_registry() -> Registry<TbirdShard> {
     Registry::default()
         .register(TWEET_SHARD, |info: &ShardInfo, db| {
             Ok(TbirdShard::new(info, Kind::Tweets, db))
@@ -96,6 +117,24 @@ impl TbirdShard {
             kind,
             table,
             db,
+            merges: None,
+        }
+    }
+
+    /// Returns the shard with its write batches combined with other shards' on its host.
+    pub fn with_merges(mut self, merges: Arc<Merges>) -> Self {
+        self.merges = Some(merges);
+        self
+    }
+
+    /// Returns a copy of the shard that sends its writes alone.
+    fn without_merges(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            kind: self.kind,
+            table: self.table.clone(),
+            db: self.db.clone(),
+            merges: None,
         }
     }
 
@@ -127,6 +166,67 @@ impl TbirdShard {
             .into_iter()
             .filter_map(Row::into_tweet)
             .collect())
+    }
+
+    /// Returns whether `other` reaches its table through this shard's pool, so one statement
+    /// can read both.
+    pub fn shares_pool_with(&self, other: &TbirdShard) -> bool {
+        self.db.same_as(&other.db)
+    }
+
+    /// Returns the stored tweets of each `(shard, ids)` read, in order, tombstones included.
+    /// Reads of tweet tables behind one MySQL pool go out as one `UNION ALL` statement, so a
+    /// host pays one round trip and one parse for many readers; others run one by one.
+    pub async fn get_tweets_of(
+        reads: &[(&TbirdShard, &[u64])],
+    ) -> Result<Vec<Vec<Tweet>>, ShardError> {
+        let Some(&(first, _)) = reads.first() else {
+            return Ok(Vec::new());
+        };
+        let together = reads.len() > 1
+            && matches!(first.db, Database::Mysql { .. })
+            && reads
+                .iter()
+                .all(|(s, _)| s.kind == Kind::Tweets && s.shares_pool_with(first));
+        if !together {
+            let mut found = Vec::with_capacity(reads.len());
+            for (shard, ids) in reads {
+                found.push(shard.get_tweets(ids).await?);
+            }
+            return Ok(found);
+        }
+        // The text protocol: the statement's shape changes with every batch, and prepared
+        // statements of every shape would churn the statement cache. Ids are integers, so
+        // inlining them is safe.
+        let sql = union_of_reads(reads);
+        let rows: Vec<mysql_async::Row> = first
+            .db
+            .mysql(|mut c| async move { c.query(sql).await })
+            .await
+            .map_err(|e| first.err(e))?;
+        let mut found = vec![Vec::new(); reads.len()];
+        for row in rows {
+            let unreadable = || ShardError::Query {
+                shard: first.id.to_string(),
+                message: "unreadable row".into(),
+            };
+            let (part, id, user_id, text, in_reply_to, deleted): (
+                usize,
+                i64,
+                i64,
+                String,
+                Option<i64>,
+                bool,
+            ) = mysql_async::from_row_opt(row).map_err(|_| unreadable())?;
+            found.get_mut(part).ok_or_else(unreadable)?.push(Tweet {
+                id: id as u64,
+                user_id: user_id as u64,
+                text,
+                in_reply_to: in_reply_to.map(|id| id as u64),
+                deleted,
+            });
+        }
+        Ok(found)
     }
 
     /// Returns up to `limit` live tweet ids of `user_id`, newest first, at most `max_id`.
@@ -253,6 +353,12 @@ impl TbirdShard {
         if rows.is_empty() {
             return Ok(());
         }
+        let (sql, params) = self.merge_statement(rows)?;
+        self.execute(sql, params).await.map(drop)
+    }
+
+    /// Returns the statement merging `rows` (at least one), with `?` placeholders.
+    fn merge_statement(&self, rows: &[Row]) -> Result<(String, Vec<Param>), ShardError> {
         let mysql = matches!(self.db, Database::Mysql { .. });
         let table = &self.table;
         let (sql, params) = match self.kind {
@@ -320,7 +426,7 @@ impl TbirdShard {
                 (sql, params)
             }
         };
-        self.execute(sql, params).await.map(drop)
+        Ok((sql, params))
     }
 
     /// Returns whether the table has its index on the routing hash.
@@ -443,6 +549,35 @@ fn timelines_tsv(rows: &[Row]) -> Result<Vec<u8>, &'static str> {
         push_int(&mut out, i64::from(deleted), b'\n');
     }
     Ok(out)
+}
+
+/// Returns one statement reading every `(shard, ids)` pair, each row tagged with its pair's
+/// position.
+fn union_of_reads(reads: &[(&TbirdShard, &[u64])]) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(reads.len() * 96);
+    for (part, (shard, ids)) in reads.iter().enumerate() {
+        if part > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(
+            sql,
+            "SELECT {part}, {} FROM {} WHERE id IN (",
+            shard.columns(),
+            shard.table
+        );
+        for (i, id) in ids.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(sql, "{sep}{}", *id as i64);
+        }
+        if ids.is_empty() {
+            // `IN ()` is a syntax error; `IN (NULL)` matches nothing.
+            sql.push_str("NULL");
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 fn push_int(out: &mut Vec<u8>, value: i64, then: u8) {
@@ -813,6 +948,151 @@ impl WriteOp<TbirdShard> for TbirdWrite {
         let mut rows: Vec<Row> = ops.iter().map(|op| op.row()).collect();
         // Concurrent batches lock their rows in key order, so they cannot deadlock each other.
         rows.sort_by_key(TbirdShard::cursor_of);
-        shard.merge(&rows).await
+        match (&shard.merges, &shard.db) {
+            (Some(merges), Database::Mysql { .. }) => merges.merge(shard, rows).await,
+            _ => shard.merge(&rows).await,
+        }
     }
+}
+
+/// Write batches combined per host: the coalescer's batches for different tables of one MySQL
+/// host, arriving while the host's statement slots are busy, go out as one multi-statement
+/// round trip ([`crate::hosts`]). Each `INSERT` still commits on its own, so a batch that fails
+/// part-way leaves no transaction open; writes repeat safely, so the parts of a batch the host
+/// refused are retried one by one, and one broken table fails only its own writes.
+pub struct Merges {
+    queues: HostQueues<Merge>,
+}
+
+impl std::fmt::Debug for Merges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merges").finish_non_exhaustive()
+    }
+}
+
+/// The most rows one combined round trip carries (a few MB of statement at most).
+const MAX_COMBINED_ROWS: usize = 1_000;
+
+/// One coalesced write batch waiting to be combined with others on its host.
+struct Merge {
+    shard: TbirdShard,
+    rows: Vec<Row>,
+}
+
+impl Merges {
+    /// Returns queues running at most `statements_per_host` round trips at once on a host.
+    pub fn new(statements_per_host: usize) -> Self {
+        Self {
+            queues: HostQueues::new(statements_per_host, MAX_COMBINED_ROWS),
+        }
+    }
+
+    async fn merge(&self, shard: &TbirdShard, rows: Vec<Row>) -> Result<(), ShardError> {
+        let merge = Merge {
+            shard: shard.without_merges(),
+            rows,
+        };
+        // The caller (the leaf's coalescer) holds the deadline.
+        match self.queues.submit(&shard.id.hostname, merge).await {
+            Some(result) => result,
+            None => Err(ShardError::Query {
+                shard: shard.id.to_string(),
+                message: "the write panicked".into(),
+            }),
+        }
+    }
+}
+
+impl HostJob for Merge {
+    type Output = Result<(), ShardError>;
+
+    fn weight(&self) -> usize {
+        self.rows.len()
+    }
+
+    async fn run(batch: Vec<Queued<Self>>) {
+        // Batches through another pool (a host whose URL just changed) go on their own.
+        let first = batch[0].job.shard.db.clone();
+        let (together, apart): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|q| q.job.shard.db.same_as(&first));
+        combine(together).await;
+        for queued in apart {
+            let result = queued.job.shard.merge(&queued.job.rows).await;
+            queued.answer(result);
+        }
+    }
+}
+
+/// Sends the merges of `batch` (all through one pool) in one round trip and answers each.
+async fn combine(batch: Vec<Queued<Merge>>) {
+    if batch.len() == 1 {
+        for queued in batch {
+            let result = queued.job.shard.merge(&queued.job.rows).await;
+            queued.answer(result);
+        }
+        return;
+    }
+    let statements: Result<Vec<String>, ShardError> = batch
+        .iter()
+        .map(|q| {
+            let (sql, params) = q.job.shard.merge_statement(&q.job.rows)?;
+            Ok(inline(&sql, params))
+        })
+        .collect();
+    let first = &batch[0].job.shard;
+    let result = match statements {
+        Ok(statements) => first
+            .db
+            .execute_batch(statements.join(";\n"))
+            .await
+            .map_err(|e| first.err(e)),
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(()) => batch.into_iter().for_each(|q| q.answer(Ok(()))),
+        // The host answered: find which table refused by merging each batch alone.
+        Err(ShardError::Query { .. }) => {
+            for queued in batch {
+                let result = queued.job.shard.merge(&queued.job.rows).await;
+                queued.answer(result);
+            }
+        }
+        Err(err) => {
+            for queued in batch {
+                let shard = queued.job.shard.id.to_string();
+                queued.answer(Err(err.clone().on_shard(&shard)));
+            }
+        }
+    }
+}
+
+/// Returns `sql` with each `?` replaced by its parameter as a literal. Text goes as a hex
+/// literal in utf8mb4, which needs no escaping whatever the server's SQL mode.
+fn inline(sql: &str, params: Vec<Param>) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(sql.len() + params.len() * 24);
+    let mut params = params.into_iter();
+    for (i, piece) in sql.split('?').enumerate() {
+        if i > 0 {
+            // Writing into a String cannot fail.
+            let _ = match params.next() {
+                Some(Param::Int(n)) => write!(out, "{n}"),
+                Some(Param::Text(text)) => {
+                    out.push_str("_utf8mb4 X'");
+                    for byte in text.as_bytes() {
+                        let _ = write!(out, "{byte:02x}");
+                    }
+                    out.push('\'');
+                    Ok(())
+                }
+                Some(Param::Null) | None => {
+                    out.push_str("NULL");
+                    Ok(())
+                }
+            };
+        }
+        out.push_str(piece);
+    }
+    out
 }

@@ -11,6 +11,7 @@ use gizzard::{
     scheduler::JobFilter,
     shards::{PhysicalShard, WriteOp},
 };
+use mysql_async::prelude::Queryable;
 use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, UserTweetsRequest};
 use tbird::{
     service::TbirdProxy,
@@ -314,9 +315,10 @@ async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
     stack.assert_replicas_hold(&all).await;
 }
 
-/// Many concurrent reads of one MariaDB replica share queries, and each caller still gets
-/// exactly the tweets it asked for (tombstones included, missing ids left out); a read of a
-/// replica whose table is gone fails every caller with the query's error.
+/// Many concurrent reads of two tables on one MariaDB host share queries, and each caller still
+/// gets exactly the tweets it asked for (tombstones included, missing ids left out); when one
+/// table is gone, its readers fail with the query's error naming it and the other table's
+/// readers, batched with them, still get their tweets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_reads_return_each_caller_its_own_tweets() {
     let server = MariaDb::start().await.expect("mariadb");
@@ -324,45 +326,49 @@ async fn batched_reads_return_each_caller_its_own_tweets() {
     let db = Database::open(&url, Duration::from_secs(5))
         .await
         .expect("open");
-    let id = ShardId::new("h", "t1_0000").expect("id");
-    let info = ShardInfo {
-        id: id.clone(),
-        class_name: String::new(),
-        busy: false,
-    };
-    let shard = Arc::new(TbirdShard::new(&info, Kind::Tweets, db.clone()));
-    shard.materialize().await.expect("tweets table");
-    let puts: Vec<TbirdWrite> = (1..=300)
-        .map(|id| TbirdWrite::PutTweet(tweet(id)))
-        .collect();
-    let deletes: Vec<TbirdWrite> = (1..=300)
-        .step_by(7)
-        .map(|id| TbirdWrite::DeleteTweet { id })
-        .collect();
-    let writes: Vec<&TbirdWrite> = puts.iter().chain(&deletes).collect();
-    TbirdWrite::apply_batch(&writes, &*shard)
-        .await
-        .expect("store tweets");
-    let leaf = gizzard::shards::Leaf {
-        health: Arc::new(gizzard::shards::health::LeafHealth::new(&id)),
-        id,
-        shard,
-    };
+    // Leaf `parity` holds the tweets whose id has that parity.
+    let mut leaves = Vec::new();
+    for parity in 0..2u64 {
+        let id = ShardId::new("h", format!("t1_000{parity}")).expect("id");
+        let info = ShardInfo {
+            id: id.clone(),
+            class_name: String::new(),
+            busy: false,
+        };
+        let shard = Arc::new(TbirdShard::new(&info, Kind::Tweets, db.clone()));
+        shard.materialize().await.expect("tweets table");
+        let puts: Vec<TbirdWrite> = (1..=300)
+            .filter(|id| id % 2 == parity)
+            .map(|id| TbirdWrite::PutTweet(tweet(id)))
+            .collect();
+        let deletes: Vec<TbirdWrite> = (1..=300)
+            .step_by(7)
+            .filter(|id| id % 2 == parity)
+            .map(|id| TbirdWrite::DeleteTweet { id })
+            .collect();
+        let writes: Vec<&TbirdWrite> = puts.iter().chain(&deletes).collect();
+        TbirdWrite::apply_batch(&writes, &*shard)
+            .await
+            .expect("store tweets");
+        leaves.push(gizzard::shards::Leaf {
+            health: Arc::new(gizzard::shards::health::LeafHealth::new(&id)),
+            id,
+            shard,
+        });
+    }
 
-    let reads = Arc::new(tbird::reads::TweetReads::new(Duration::from_secs(5)));
-    // Caller i asks for i, i + 1 and an id that does not exist.
-    let callers = (1..=299u64).map(|i| {
-        let (reads, leaf) = (reads.clone(), leaf.clone());
-        tokio::spawn(async move {
-            let got = reads.get(&leaf, &[i, i + 1, 10_000 + i]).await;
-            (i, got)
-        })
-    });
-    for caller in futures::future::join_all(callers).await {
+    // One query in flight on the host: callers queue and share the next one.
+    let reads = Arc::new(tbird::reads::TweetReads::new(Duration::from_secs(5), 1));
+    let read = |i: u64| {
+        let (reads, leaf) = (reads.clone(), leaves[(i % 2) as usize].clone());
+        // Caller i asks its leaf for i, i + 2 and an id that does not exist.
+        tokio::spawn(async move { (i, reads.get(&leaf, &[i + 2, i, 10_000 + i]).await) })
+    };
+    for caller in futures::future::join_all((1..=298u64).map(read)).await {
         let (i, got) = caller.expect("caller");
         let mut got = got.expect("read");
         got.sort_by_key(|t| t.id);
-        let expected: Vec<Tweet> = [i, i + 1]
+        let expected: Vec<Tweet> = [i, i + 2]
             .into_iter()
             .map(|id| Tweet {
                 deleted: id % 7 == 1,
@@ -375,12 +381,124 @@ async fn batched_reads_return_each_caller_its_own_tweets() {
     db.execute_batch("DROP TABLE t1_0000_tweets".into())
         .await
         .expect("drop the table");
-    let callers = (1..=20u64).map(|i| {
-        let (reads, leaf) = (reads.clone(), leaf.clone());
-        tokio::spawn(async move { reads.get(&leaf, &[i]).await })
-    });
+    for caller in futures::future::join_all((1..=40u64).map(read)).await {
+        let (i, got) = caller.expect("caller");
+        if i % 2 == 0 {
+            let err = got.expect_err("the table is gone");
+            assert!(err.to_string().contains("t1_0000"), "{err}");
+        } else {
+            assert_eq!(
+                got.expect("the other table still reads").len(),
+                2,
+                "caller {i}"
+            );
+        }
+    }
+}
+
+/// Texts a statement must carry intact whatever it quotes or escapes.
+const ODD_TEXTS: [&str; 6] = [
+    "it's a 'quoted' tweet",
+    "back\\slash \\' and \"double\"",
+    "semi; DROP TABLE t1_0001_tweets; --",
+    "placeholders ? ?? %s",
+    "emoji 🐦 and ünïcødé",
+    "tab\tnew\nline",
+];
+
+/// Tweet `id` with one of [`ODD_TEXTS`].
+fn odd_tweet(id: u64) -> Tweet {
+    Tweet {
+        text: ODD_TEXTS[id as usize % ODD_TEXTS.len()].to_owned(),
+        ..tweet(id)
+    }
+}
+
+/// Write batches for several tables of one MariaDB host, arriving while the host's statement
+/// slot is busy, share round trips (one multi-statement query), and every row lands exactly as
+/// written, whatever its text holds; when one table is gone, only its writes fail, with an
+/// error naming it, and the writes combined with them still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_batches_to_one_host_share_round_trips_and_fail_apart() {
+    let server = MariaDb::start().await.expect("mariadb");
+    let url = server.create_database("tbird").await.expect("db");
+    let db = Database::open(&url, Duration::from_secs(5))
+        .await
+        .expect("open");
+    // One round trip in flight on the host: batches queue and go out together.
+    let merges = Arc::new(tbird::store::Merges::new(1));
+    let mut shards = Vec::new();
+    for k in 0..4 {
+        let info = ShardInfo {
+            id: ShardId::new("h", format!("t1_000{k}")).expect("id"),
+            class_name: String::new(),
+            busy: false,
+        };
+        let shard = TbirdShard::new(&info, Kind::Tweets, db.clone()).with_merges(merges.clone());
+        shard.materialize().await.expect("tweets table");
+        shards.push(Arc::new(shard));
+    }
+    // Tweet `id` lives on shard `id % 4`; each caller writes one batch to one shard.
+    let write = |ids: Vec<u64>| {
+        let shard = shards[(ids[0] % 4) as usize].clone();
+        tokio::spawn(async move {
+            let writes: Vec<TbirdWrite> = ids
+                .iter()
+                .map(|&id| TbirdWrite::PutTweet(odd_tweet(id)))
+                .collect();
+            let writes: Vec<&TbirdWrite> = writes.iter().collect();
+            TbirdWrite::apply_batch(&writes, &*shard).await
+        })
+    };
+    let mut conn = server.connect("tbird").await.expect("connect");
+    conn.query_drop("SET GLOBAL log_output = 'TABLE', GLOBAL general_log = 1")
+        .await
+        .expect("log queries");
+    // Ids `id` and `id + 1600` share a shard.
+    let callers: Vec<_> = (1..=400u64).map(|id| write(vec![id, id + 1600])).collect();
     for caller in futures::future::join_all(callers).await {
-        let err = caller.expect("caller").expect_err("the table is gone");
-        assert!(err.to_string().contains("t1_0000"), "{err}");
+        caller.expect("caller").expect("write");
+    }
+    conn.query_drop("SET GLOBAL general_log = 0")
+        .await
+        .expect("log off");
+    let combined: u64 = conn
+        .query_first(
+            "SELECT COUNT(*) FROM mysql.general_log WHERE command_type = 'Query' \
+             AND argument LIKE 'INSERT INTO t1_000%;%INSERT INTO t1_000%'",
+        )
+        .await
+        .expect("read the log")
+        .expect("a count");
+    assert!(combined > 0, "no write batches shared a round trip");
+    for (k, shard) in shards.iter().enumerate() {
+        let ids: Vec<u64> = (1..=400u64)
+            .flat_map(|id| [id, id + 1600])
+            .filter(|id| id % 4 == k as u64)
+            .collect();
+        let mut got = shard.get_tweets(&ids).await.expect("read back");
+        got.sort_by_key(|t| t.id);
+        let mut expected: Vec<Tweet> = ids.into_iter().map(odd_tweet).collect();
+        expected.sort_by_key(|t| t.id);
+        assert_eq!(got, expected, "shard {k}");
+    }
+
+    db.execute_batch("DROP TABLE t1_0000_tweets".into())
+        .await
+        .expect("drop the table");
+    let callers: Vec<_> = (5_000..5_040u64).map(|id| (id, write(vec![id]))).collect();
+    for (id, caller) in callers {
+        let result = caller.await.expect("caller");
+        if id % 4 == 0 {
+            let err = result.expect_err("the table is gone");
+            assert!(err.to_string().contains("t1_0000"), "{err}");
+        } else {
+            result.expect("the other tables still take writes");
+            let got = shards[(id % 4) as usize]
+                .get_tweets(&[id])
+                .await
+                .expect("read back");
+            assert_eq!(got, [odd_tweet(id)]);
+        }
     }
 }

@@ -47,6 +47,19 @@ pub enum ShardError {
 }
 
 impl ShardError {
+    /// Returns the same error about `shard`: for an error of a statement that served several
+    /// shards on one host, as each shard's caller sees it.
+    pub fn on_shard(self, shard: &str) -> Self {
+        let shard = shard.to_owned();
+        match self {
+            Self::Unavailable { reason, .. } => Self::Unavailable { shard, reason },
+            Self::Timeout { after, .. } => Self::Timeout { shard, after },
+            Self::Refused { reason, .. } => Self::Refused { shard, reason },
+            Self::Query { message, .. } => Self::Query { shard, message },
+            Self::NotReadable { .. } => Self::NotReadable { shard },
+        }
+    }
+
     /// Returns whether a retry should count towards a job's error limit: refusals by the
     /// topology and unreachable hosts wait for an operator or a recovery, not for the data.
     pub fn counts_as_failure(&self) -> bool {

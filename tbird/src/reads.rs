@@ -146,7 +146,10 @@ async fn read(parts: Vec<Part>) {
         Err(ShardError::Query { .. }) if together.len() > 1 => {
             for part in together {
                 let found = query(std::slice::from_ref(&part)).await;
-                answer(part, found.map(|mut f| f.remove(0)));
+                answer(
+                    part,
+                    found.map(|f| f.into_iter().next().unwrap_or_default()),
+                );
             }
         }
         Err(err) => together

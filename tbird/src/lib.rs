@@ -10,12 +10,10 @@
 //! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
 //! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
-//! - [`hosts`]: per-host statement queues, so concurrent statements to one host share one.
-//! - [`reads`]: tweet reads batched per host.
+//! - [`reads`]: tweet reads batched per host (the write side is [`store::Merges`]).
 
 pub mod bench;
 pub mod dev;
-pub mod hosts;
 pub mod ids;
 pub mod metrics;
 pub mod reads;

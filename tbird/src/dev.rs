@@ -87,7 +87,7 @@ pub async fn run(
     };
     let proxy = Proxy::start(
         proxy_settings,
-        store::registry(crate::store::DEFAULT_STATEMENTS_PER_HOST),
+        store::registry(crate::hosts::DEFAULT_STATEMENTS_PER_HOST),
         HashMap::new(),
         shutdown.clone(),
     )

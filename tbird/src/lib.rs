@@ -10,10 +10,12 @@
 //! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
 //! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
-//! - [`reads`]: tweet reads batched per host (the write side is [`store::Merges`]).
+//! - [`hosts`]: per-host statement queues, so concurrent statements to one host share one.
+//! - [`reads`]: tweet reads batched per host.
 
 pub mod bench;
 pub mod dev;
+pub mod hosts;
 pub mod ids;
 pub mod metrics;
 pub mod reads;

@@ -1,6 +1,6 @@
 //! Batched tweet reads, the read side of the proxy's write coalescing: concurrent reads of one
 //! host share a query ([`TbirdShard::get_tweets_of`], at most [`MAX_IDS`] ids), queued per host
-//! ([`gizzard::shards::queues`]), whose rows go back to each caller.
+//! by [`crate::hosts`], whose rows go back to each caller.
 //!
 //! Queues are per host rather than per leaf because a host holds many leaves: with one queue
 //! per leaf, 32 concurrent reads over T-Bird's 16 tweet leaves almost never met in a queue and
@@ -13,22 +13,20 @@
 
 use std::{sync::Arc, time::Duration};
 
-use gizzard::shards::{
-    Leaf, ShardError,
-    queues::{Job, Queued, Queues},
-};
+use gizzard::shards::{Leaf, ShardError};
 
-use crate::{store::TbirdShard, tweet::Tweet};
+use crate::{
+    hosts::{HostJob, HostQueues, Queued},
+    store::TbirdShard,
+    tweet::Tweet,
+};
 
 /// The most ids one batched query asks for (a single larger read still goes out alone).
 pub const MAX_IDS: usize = 1_000;
 
-/// What one caller gets back.
-type Found = Result<Vec<Tweet>, ShardError>;
-
 /// The per-host read queues of one server.
 pub struct TweetReads {
-    queues: Queues<Read, Found>,
+    queues: HostQueues<Read>,
     timeout: Duration,
 }
 
@@ -42,7 +40,7 @@ struct Read {
 struct Part {
     leaf: Leaf<TbirdShard>,
     ids: Vec<u64>,
-    callers: Vec<Queued<Read, Found>>,
+    callers: Vec<Queued<Read>>,
 }
 
 impl TweetReads {
@@ -50,7 +48,7 @@ impl TweetReads {
     /// reads each wait at most `timeout` (the leaf deadline).
     pub fn new(timeout: Duration, per_host: usize) -> Self {
         Self {
-            queues: Queues::new(per_host, MAX_IDS),
+            queues: HostQueues::new(per_host, MAX_IDS),
             timeout,
         }
     }
@@ -85,21 +83,21 @@ impl TweetReads {
     }
 }
 
-impl Job for Read {
-    type Output = Found;
+impl HostJob for Read {
+    type Output = Result<Vec<Tweet>, ShardError>;
 
     fn weight(&self) -> usize {
         self.ids.len()
     }
 
-    async fn run(batch: Vec<Queued<Self, Found>>) {
+    async fn run(batch: Vec<Queued<Self>>) {
         read(parts(batch)).await;
     }
 }
 
 /// Groups a batch by leaf. Leaves are told apart by their shard objects, not only their ids,
 /// so a read planned before a host's pool was replaced never goes through the new one unasked.
-fn parts(batch: Vec<Queued<Read, Found>>) -> Vec<Part> {
+fn parts(batch: Vec<Queued<Read>>) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
     for queued in batch {
         let leaf = &queued.job.leaf;

@@ -66,7 +66,7 @@ impl Default for ServerConfig {
             leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
             db_timeout: db::DEFAULT_TIMEOUT,
             server_name: "tbird".into(),
-            statements_per_host: crate::store::DEFAULT_STATEMENTS_PER_HOST,
+            statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
         }
     }
 }

@@ -77,7 +77,7 @@ impl TweetService {
     pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource) -> Self {
         let reads = Arc::new(TweetReads::new(
             proxy.settings().db_timeout,
-            crate::store::DEFAULT_STATEMENTS_PER_HOST,
+            crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
         ));
         Self {
             reads,

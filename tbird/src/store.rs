@@ -16,15 +16,15 @@ use std::{
 use db::{Database, DbError, Param};
 use gizzard::{
     nameserver::{ShardId, ShardInfo, hash},
-    shards::{
-        Checksum, PhysicalShard, Registry, ShardError, WriteOp,
-        queues::{Job, Queued, Queues},
-    },
+    shards::{Checksum, PhysicalShard, Registry, ShardError, WriteOp},
 };
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 
-use crate::tweet::Tweet;
+use crate::{
+    hosts::{HostJob, HostQueues, Queued},
+    tweet::Tweet,
+};
 
 /// The forwarding table of tweets by id.
 pub const TWEETS_TABLE: i32 = 1;
@@ -76,11 +76,6 @@ pub enum TbirdWrite {
     /// Tombstones a tweet in its author's timeline (table 2, by user id).
     RemoveFromTimeline { user_id: u64, tweet_id: u64 },
 }
-
-/// The default number of statements in flight on one host, for reads and for writes each.
-/// Measured with `tbird_load` (32 concurrent `GetTweet` over 2 hosts of 8 tweet tables each,
-/// on 2 cores): 1 and 2 gave the same throughput, 4 about a fifth less, as batches shrank.
-pub const DEFAULT_STATEMENTS_PER_HOST: usize = 2;
 
 /// Returns the registry of T-Bird's shard types, as a proxy builds them: write batches to one
 /// MySQL host share round trips, at most `statements_per_host` in flight ([`Merges`]).
@@ -962,15 +957,12 @@ impl WriteOp<TbirdShard> for TbirdWrite {
 
 /// Write batches combined per host: the coalescer's batches for different tables of one MySQL
 /// host, arriving while the host's statement slots are busy, go out as one multi-statement
-/// round trip ([`gizzard::shards::queues`]). Each `INSERT` still commits on its own, so a batch that fails
+/// round trip ([`crate::hosts`]). Each `INSERT` still commits on its own, so a batch that fails
 /// part-way leaves no transaction open; writes repeat safely, so the parts of a batch the host
 /// refused are retried one by one, and one broken table fails only its own writes.
 pub struct Merges {
-    queues: Queues<Merge, Merged>,
+    queues: HostQueues<Merge>,
 }
-
-/// What one coalesced write batch gets back.
-type Merged = Result<(), ShardError>;
 
 impl std::fmt::Debug for Merges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -991,7 +983,7 @@ impl Merges {
     /// Returns queues running at most `statements_per_host` round trips at once on a host.
     pub fn new(statements_per_host: usize) -> Self {
         Self {
-            queues: Queues::new(statements_per_host, MAX_COMBINED_ROWS),
+            queues: HostQueues::new(statements_per_host, MAX_COMBINED_ROWS),
         }
     }
 
@@ -1011,14 +1003,14 @@ impl Merges {
     }
 }
 
-impl Job for Merge {
-    type Output = Merged;
+impl HostJob for Merge {
+    type Output = Result<(), ShardError>;
 
     fn weight(&self) -> usize {
         self.rows.len()
     }
 
-    async fn run(batch: Vec<Queued<Self, Merged>>) {
+    async fn run(batch: Vec<Queued<Self>>) {
         // Batches through another pool (a host whose URL just changed) go on their own.
         let first = batch[0].job.shard.db.clone();
         let (together, apart): (Vec<_>, Vec<_>) = batch
@@ -1033,7 +1025,7 @@ impl Job for Merge {
 }
 
 /// Sends the merges of `batch` (all through one pool) in one round trip and answers each.
-async fn combine(batch: Vec<Queued<Merge, Merged>>) {
+async fn combine(batch: Vec<Queued<Merge>>) {
     if batch.len() == 1 {
         for queued in batch {
             let result = queued.job.shard.merge(&queued.job.rows).await;

@@ -27,7 +27,7 @@ async fn serve(
     use proto::gizzard::v1::shard_manager_server::ShardManager;
     let proxy: TbirdProxy = gizzard::server::Proxy::start(
         test_settings(nameserver_url),
-        tbird::store::registry(tbird::store::DEFAULT_STATEMENTS_PER_HOST),
+        tbird::store::registry(tbird::hosts::DEFAULT_STATEMENTS_PER_HOST),
         HashMap::new(),
         shutdown.clone(),
     )

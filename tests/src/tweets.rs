@@ -145,7 +145,7 @@ impl TweetCluster {
         let shutdown = CancellationToken::new();
         let proxy: TbirdProxy = Proxy::start(
             settings,
-            tbird::store::registry(tbird::store::DEFAULT_STATEMENTS_PER_HOST),
+            tbird::store::registry(tbird::hosts::DEFAULT_STATEMENTS_PER_HOST),
             HashMap::new(),
             shutdown.clone(),
         )

@@ -1,19 +1,27 @@
 //! Group commit per leaf. Under load many writes go to the same leaf at once, and sending each
-//! as its own statement spends a round trip, a parse and a commit per write. Writes queue per
-//! leaf ([`super::queues`]): a write that finds its leaf with a free statement slot goes out at
-//! once; writes that arrive while every slot of the leaf is busy wait, and the next statement
-//! to finish takes all of them (up to [`MAX_BATCH`]) into one multi-row statement
-//! ([`WriteOp::apply_batch`]).
+//! as its own statement spends a round trip, a parse and a commit per write. Here a write that
+//! finds its leaf with a free statement slot goes out at once (no timer, so an idle proxy adds
+//! no latency); writes that arrive while every slot of the leaf is busy wait in the leaf's
+//! queue, and the next statement to finish takes all of them (up to [`MAX_BATCH`]) into one
+//! multi-row statement ([`WriteOp::apply_batch`]).
 //!
-//! Each caller waits at most the leaf deadline, and every write of a failed statement gets the
-//! statement's error: the writer queues a retry for each, exactly as for a write sent alone.
+//! Statements run in spawned tasks, so a caller that gives up (a cancelled RPC) never strands
+//! the writes batched with its own. Each caller still waits at most the leaf deadline, and
+//! every write of a failed statement gets the statement's error: the writer queues a retry for
+//! each, exactly as for a write sent alone.
 
-use std::{sync::Arc, time::Duration};
-
-use super::{
-    Leaf, PhysicalShard, ShardError, WriteOp,
-    queues::{Job, Queued, Queues},
+use std::{
+    collections::{HashMap, VecDeque},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
+
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use super::{Leaf, PhysicalShard, ShardError, WriteOp};
+use crate::nameserver::ShardId;
 
 /// The most writes one statement carries: bounds the statement's size and its time in the
 /// database, so one batch cannot hold row locks for long or outgrow a packet.
@@ -28,18 +36,30 @@ pub const MAX_IN_FLIGHT: usize = 1;
 
 /// The per-leaf queues of one writer.
 pub(super) struct Coalescer<S, W> {
-    queues: Queues<LeafWrite<S, W>, Written>,
+    queues: Mutex<HashMap<ShardId, Arc<LeafQueue<S, W>>>>,
     leaf_timeout: Duration,
 }
 
-/// What a queued write gets back.
-type Written = Result<(), ShardError>;
-
-/// A write waiting for a statement on its leaf.
-struct LeafWrite<S, W> {
+/// The writes waiting for one leaf and the statements running on it.
+struct LeafQueue<S, W> {
     leaf: Leaf<S>,
+    state: Mutex<QueueState<W>>,
+}
+
+struct QueueState<W> {
+    running: usize,
+    pending: VecDeque<Pending<W>>,
+}
+
+/// A queued write and where its result goes.
+struct Pending<W> {
     op: W,
-    leaf_timeout: Duration,
+    done: oneshot::Sender<Result<(), ShardError>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The critical sections only move values in and out; a panic cannot leave them torn.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn suspect<S>(leaf: &Leaf<S>) -> ShardError {
@@ -53,7 +73,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
     /// Returns queues whose writes each get `leaf_timeout`.
     pub(super) fn new(leaf_timeout: Duration) -> Self {
         Self {
-            queues: Queues::new(MAX_IN_FLIGHT, MAX_BATCH),
+            queues: Mutex::new(HashMap::new()),
             leaf_timeout,
         }
     }
@@ -65,19 +85,27 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
         if leaf.health.is_suspect() {
             return Err(suspect(leaf));
         }
-        let write = LeafWrite {
-            leaf: leaf.clone(),
-            op: op.clone(),
-            leaf_timeout: self.leaf_timeout,
+        let queue = self.queue(leaf);
+        let (done, result) = oneshot::channel();
+        let start = {
+            let mut state = lock(&queue.state);
+            state.pending.push_back(Pending {
+                op: op.clone(),
+                done,
+            });
+            let free = state.running < MAX_IN_FLIGHT;
+            state.running += usize::from(free);
+            free
         };
-        let key = leaf.id.to_string();
-        let result = self.queues.submit(&key, write);
+        if start {
+            tokio::spawn(queue.run(self.leaf_timeout));
+        }
         // The deadline counts from here, so time spent queued counts as time on the leaf.
         match tokio::time::timeout(self.leaf_timeout, result).await {
-            Ok(Some(result)) => result,
-            Ok(None) => Err(ShardError::Query {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ShardError::Unavailable {
                 shard: leaf.id.to_string(),
-                message: "the write panicked".into(),
+                reason: "the write's statement was dropped".into(),
             }),
             Err(_) => Err(ShardError::Timeout {
                 shard: leaf.id.to_string(),
@@ -85,82 +113,99 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
             }),
         }
     }
-}
 
-impl<S: PhysicalShard, W: WriteOp<S>> Job for LeafWrite<S, W> {
-    type Output = Written;
-
-    fn weight(&self) -> usize {
-        1
-    }
-
-    async fn run(mut batch: Vec<Queued<Self, Written>>) {
-        // A leaf whose shard object was replaced (a host whose URL changed) keeps its id; its
-        // writes planned through the old object never share a statement with the new one's.
-        while !batch.is_empty() {
-            let shard = batch[0].job.leaf.shard.clone();
-            let (same, rest): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .partition(|q| Arc::ptr_eq(&q.job.leaf.shard, &shard));
-            let result = apply(&same).await;
-            for queued in same {
-                queued.answer(result.clone());
+    /// Returns the queue of `leaf`, replacing one kept for an older shard object of the same id
+    /// (a host whose URL changed), so a batch never mixes writes meant for different pools.
+    fn queue(&self, leaf: &Leaf<S>) -> Arc<LeafQueue<S, W>> {
+        let mut queues = lock(&self.queues);
+        match queues.get(&leaf.id) {
+            Some(queue) if Arc::ptr_eq(&queue.leaf.shard, &leaf.shard) => queue.clone(),
+            _ => {
+                let queue = Arc::new(LeafQueue {
+                    leaf: leaf.clone(),
+                    state: Mutex::new(QueueState {
+                        running: 0,
+                        pending: VecDeque::new(),
+                    }),
+                });
+                queues.insert(leaf.id.clone(), queue.clone());
+                queue
             }
-            batch = rest;
         }
     }
 }
 
-/// Applies one batch (all to one leaf) under the deadline and records the leaf's health as
-/// separate writes would have: one success clears it, and each write of a failed batch counts
-/// a failure.
-async fn apply<S: PhysicalShard, W: WriteOp<S>>(
-    batch: &[Queued<LeafWrite<S, W>, Written>],
-) -> Written {
-    let LeafWrite {
-        leaf, leaf_timeout, ..
-    } = &batch[0].job;
-    // The leaf may have turned suspect while these writes waited.
-    if leaf.health.is_suspect() {
-        return Err(suspect(leaf));
-    }
-    let ops: Vec<&W> = batch.iter().map(|q| &q.job.op).collect();
-    let result = match tokio::time::timeout(*leaf_timeout, W::apply_batch(&ops, &leaf.shard)).await
-    {
-        Ok(result) => result,
-        Err(_) => Err(ShardError::Timeout {
-            shard: leaf.id.to_string(),
-            after: *leaf_timeout,
-        }),
-    };
-    match &result {
-        Ok(()) => leaf.health.succeeded(),
-        Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
-            batch.iter().for_each(|_| leaf.health.failed());
+impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
+    /// Runs statements on the leaf while writes are waiting, then gives its slot back.
+    async fn run(self: Arc<Self>, leaf_timeout: Duration) {
+        loop {
+            let batch: Vec<Pending<W>> = {
+                let mut state = lock(&self.state);
+                if state.pending.is_empty() {
+                    // Under the lock: a write queued after this sees the free slot.
+                    state.running -= 1;
+                    return;
+                }
+                let n = state.pending.len().min(MAX_BATCH);
+                state.pending.drain(..n).collect()
+            };
+            // A caller that gave up already has its error (and its retry job).
+            let batch: Vec<Pending<W>> =
+                batch.into_iter().filter(|p| !p.done.is_closed()).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let result = self.apply(&batch, leaf_timeout).await;
+            for pending in batch {
+                let _ = pending.done.send(result.clone());
+            }
         }
-        Err(_) => {}
     }
-    result
+
+    /// Applies one batch under the deadline and records the leaf's health as separate writes
+    /// would have: one success clears it, and each write of a failed batch counts a failure.
+    async fn apply(&self, batch: &[Pending<W>], leaf_timeout: Duration) -> Result<(), ShardError> {
+        let leaf = &self.leaf;
+        // The leaf may have turned suspect while these writes waited.
+        if leaf.health.is_suspect() {
+            return Err(suspect(leaf));
+        }
+        let ops: Vec<&W> = batch.iter().map(|p| &p.op).collect();
+        // A panicking write must not take the slot with it: it fails its batch instead.
+        let statement = AssertUnwindSafe(W::apply_batch(&ops, &leaf.shard)).catch_unwind();
+        let result = match tokio::time::timeout(leaf_timeout, statement).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ShardError::Query {
+                shard: leaf.id.to_string(),
+                message: "the write panicked".into(),
+            }),
+            Err(_) => Err(ShardError::Timeout {
+                shard: leaf.id.to_string(),
+                after: leaf_timeout,
+            }),
+        };
+        match &result {
+            Ok(()) => leaf.health.succeeded(),
+            Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
+                batch.iter().for_each(|_| leaf.health.failed());
+            }
+            Err(_) => {}
+        }
+        result
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
         ops::{Range, RangeInclusive},
-        sync::{
-            Mutex, MutexGuard, PoisonError,
-            atomic::{AtomicBool, Ordering},
-        },
+        sync::atomic::{AtomicBool, Ordering},
     };
 
     use tokio::sync::Semaphore;
 
     use super::*;
     use crate::shards::{Checksum, health::LeafHealth};
-
-    fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 
     /// A shard that records each statement's writes and finishes a statement only when the
     /// test hands out a permit.

@@ -11,12 +11,10 @@
 //! - [`write`]: the write path: apply a write to every writable leaf in parallel, store a
 //!   retry job for each leaf that failed, and run those jobs.
 //! - [`coalesce`]: group commit: concurrent writes to one leaf share multi-row statements.
-//! - [`queues`]: statement queues per target (a leaf, a host), on which batching is built.
 
 pub mod coalesce;
 pub mod health;
 pub mod node;
-pub mod queues;
 pub mod registry;
 pub mod router;
 pub mod write;

@@ -204,12 +204,12 @@ impl TbirdShard {
             .mysql(|mut c| async move { c.query(sql).await })
             .await
             .map_err(|e| first.err(e))?;
+        let unreadable = || ShardError::Query {
+            shard: first.id.to_string(),
+            message: "unreadable row".into(),
+        };
         let mut found = vec![Vec::new(); reads.len()];
         for row in rows {
-            let unreadable = || ShardError::Query {
-                shard: first.id.to_string(),
-                message: "unreadable row".into(),
-            };
             let (part, id, user_id, text, in_reply_to, deleted): (
                 usize,
                 i64,
@@ -1018,18 +1018,22 @@ impl HostJob for Merge {
             .partition(|q| q.job.shard.db.same_as(&first));
         combine(together).await;
         for queued in apart {
-            let result = queued.job.shard.merge(&queued.job.rows).await;
-            queued.answer(result);
+            merge_alone(queued).await;
         }
     }
+}
+
+/// Merges one coalesced batch in its own statement and answers its caller.
+async fn merge_alone(queued: Queued<Merge>) {
+    let result = queued.job.shard.merge(&queued.job.rows).await;
+    queued.answer(result);
 }
 
 /// Sends the merges of `batch` (all through one pool) in one round trip and answers each.
 async fn combine(batch: Vec<Queued<Merge>>) {
     if batch.len() == 1 {
         for queued in batch {
-            let result = queued.job.shard.merge(&queued.job.rows).await;
-            queued.answer(result);
+            merge_alone(queued).await;
         }
         return;
     }
@@ -1054,8 +1058,7 @@ async fn combine(batch: Vec<Queued<Merge>>) {
         // The host answered: find which table refused by merging each batch alone.
         Err(ShardError::Query { .. }) => {
             for queued in batch {
-                let result = queued.job.shard.merge(&queued.job.rows).await;
-                queued.answer(result);
+                merge_alone(queued).await;
             }
         }
         Err(err) => {

@@ -311,6 +311,41 @@ impl Database {
         }
     }
 
+    /// Returns whether table `name` exists in the database.
+    pub async fn table_exists(&self, name: &str) -> Result<bool, DbError> {
+        let sql = match self {
+            Self::Mysql { .. } => {
+                "SELECT COUNT(*) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+            }
+            Self::Sqlite { .. } => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+            }
+        };
+        let found = self
+            .query_ints(sql.into(), vec![Param::Text(name.to_owned())])
+            .await?;
+        Ok(found.first().and_then(|row| row[0]).unwrap_or(0) > 0)
+    }
+
+    /// Renames table `from` to `to` (both trusted SQL identifiers). Idempotent: succeeds
+    /// without doing anything when `from` is gone, whether another caller renamed it first or
+    /// it never existed.
+    pub async fn rename_table(&self, from: &str, to: &str) -> Result<(), DbError> {
+        if !self.table_exists(from).await? {
+            return Ok(());
+        }
+        let sql = match self {
+            Self::Mysql { .. } => format!("RENAME TABLE {from} TO {to}"),
+            Self::Sqlite { .. } => format!("ALTER TABLE {from} RENAME TO {to}"),
+        };
+        match self.execute_batch(sql).await {
+            // Another caller renamed it between the check and the statement.
+            Err(_) if !self.table_exists(from).await? && self.table_exists(to).await? => Ok(()),
+            other => other,
+        }
+    }
+
     /// Runs one statement with `?` placeholders (both backends accept them) and returns the
     /// rows it matched.
     pub async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, DbError> {

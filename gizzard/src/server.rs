@@ -12,11 +12,17 @@ use crate::{
     db::{Database, DbError},
     manager::{Manager, ManagerParts},
     migrate::{self, MigrationSettings, MigrationStore, Migrator, StoreError},
-    nameserver::{DEFAULT_POLL_INTERVAL, NameServer, NameServerError, Routing},
+    nameserver::{
+        DEFAULT_POLL_INTERVAL, NameServer, NameServerError, Routing, ServerIdentity,
+        routing::DEFAULT_LEASE,
+    },
     scheduler::{
         ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, QueueError, WorkerSettings, Workers,
     },
-    shards::{PhysicalShard, Registry, ShardRouter, WriteOp, Writer, write::DEFAULT_LEAF_TIMEOUT},
+    shards::{
+        PhysicalShard, Registry, ShardRouter, WriteOp, Writer, retire, retire::Retirement,
+        write::DEFAULT_LEAF_TIMEOUT,
+    },
 };
 
 /// How a proxy runs.
@@ -28,14 +34,22 @@ pub struct ProxySettings {
     pub db_timeout: Duration,
     /// Deadline of a write on one replica, after which it is queued for retry.
     pub leaf_timeout: Duration,
-    /// How often the routing snapshot's version is polled.
+    /// How often the routing is confirmed with the nameserver (and reloaded when it moved).
     pub poll_interval: Duration,
+    /// How long a confirmation lets this server acknowledge writes: past it, without a newer
+    /// one, writes are refused. Migrations wait at most this (plus a margin) for a server
+    /// that stopped answering.
+    pub routing_lease: Duration,
+    /// How long a leaf deleted from the topology keeps its (fenced) tables.
+    pub retired_grace: Duration,
     /// The job workers.
     pub workers: WorkerSettings,
     /// The bearer token admin calls that change anything must carry.
     pub admin_token: Option<String>,
-    /// This server's name, reported by `gizzmo ping`.
+    /// This server's name, reported by `gizzmo ping` and `gizzmo servers`.
     pub server_name: String,
+    /// Where this server's ShardManager answers, as registered for `gizzmo ping`.
+    pub advertise_addr: String,
     /// How migrations run in this server's workers.
     pub migrations: MigrationSettings,
 }
@@ -48,17 +62,34 @@ impl ProxySettings {
             db_timeout: crate::db::DEFAULT_TIMEOUT,
             leaf_timeout: DEFAULT_LEAF_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            routing_lease: DEFAULT_LEASE,
+            retired_grace: retire::DEFAULT_GRACE,
             workers: WorkerSettings::default(),
             admin_token: None,
             server_name: "gizzard".into(),
+            advertise_addr: String::new(),
             migrations: MigrationSettings::default(),
         }
+    }
+
+    /// Checks that the settings can run together.
+    pub fn validate(&self) -> Result<(), StartError> {
+        if self.routing_lease < self.poll_interval * 2 {
+            return Err(StartError::Settings(format!(
+                "routing-lease ({:?}) must be at least twice the poll interval ({:?}), or every \
+                 late poll would stop writes",
+                self.routing_lease, self.poll_interval
+            )));
+        }
+        Ok(())
     }
 }
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Settings(String),
     #[error("open nameserver database: {0}")]
     Database(#[from] DbError),
     #[error("open nameserver: {0}")]
@@ -99,11 +130,20 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         runners: HashMap<String, Arc<dyn JobRunner>>,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
+        settings.validate()?;
         let db = Database::open(&settings.nameserver_url, settings.db_timeout).await?;
         let nameserver = NameServer::open(db.clone()).await?;
         let queue = JobQueue::open(db.clone()).await?;
         let migrations = MigrationStore::open(db).await?;
-        let routing = Arc::new(Routing::new(nameserver.clone()).await?);
+        let identity = ServerIdentity::new(&settings.server_name, &settings.advertise_addr);
+        let routing =
+            Arc::new(Routing::start(nameserver.clone(), identity, settings.routing_lease).await?);
+        tracing::info!(
+            server = routing.identity().id,
+            version = routing.current().version,
+            lease = ?settings.routing_lease,
+            "registered in the nameserver"
+        );
         let poller = routing
             .clone()
             .spawn_poller(settings.poll_interval, shutdown.clone());
@@ -136,8 +176,10 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             queue.clone(),
             Arc::new(dispatch),
             settings.workers.clone(),
-            shutdown,
+            shutdown.clone(),
         );
+        let sweeper = Retirement::new(router.clone(), settings.retired_grace)
+            .spawn(settings.poll_interval * 2, shutdown);
         Ok(Self {
             nameserver,
             routing,
@@ -146,7 +188,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             writer,
             migrations,
             settings,
-            tasks: vec![poller, workers],
+            tasks: vec![poller, workers, sweeper],
         })
     }
 
@@ -172,7 +214,8 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         )
     }
 
-    /// Waits for the poller and the workers to stop after shutdown was cancelled.
+    /// Waits for the poller, the workers and the retirement sweep to stop after shutdown was
+    /// cancelled; the poller leaves the server registry once the writes in flight are done.
     pub async fn stopped(self) {
         for task in self.tasks {
             let _ = task.await;

@@ -75,8 +75,22 @@ pub async fn run(
     if let Some(addr) = settings.metrics_listen {
         crate::metrics::install(addr)?;
     }
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DevError::Listen { addr, source })
+    };
+    let (tweets_listener, admin_listener) = (
+        bind(settings.listen).await?,
+        bind(settings.admin_listen).await?,
+    );
+    let addrs = (
+        local(&tweets_listener, settings.listen),
+        local(&admin_listener, settings.admin_listen),
+    );
     let proxy_settings = ProxySettings {
         server_name: "tbird-dev".into(),
+        advertise_addr: addrs.1.to_string(),
         workers: WorkerSettings {
             count: 2,
             poll_interval: Duration::from_millis(200),
@@ -101,19 +115,6 @@ pub async fn run(
             .clone()
             .spawn_depth_gauge(crate::metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
     }
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| DevError::Listen { addr, source })
-    };
-    let (tweets_listener, admin_listener) = (
-        bind(settings.listen).await?,
-        bind(settings.admin_listen).await?,
-    );
-    let addrs = (
-        local(&tweets_listener, settings.listen),
-        local(&admin_listener, settings.admin_listen),
-    );
     let manager = proxy.manager().into_server();
     let ids = IdSource::Local(Arc::new(IdWorker::fixed(
         Arc::new(SystemClock::default()),

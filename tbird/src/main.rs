@@ -61,6 +61,18 @@ enum Command {
         /// [default: 2].
         #[arg(long, env = "TBIRD_STATEMENTS_PER_HOST")]
         statements_per_host: Option<usize>,
+        /// Where gizzmo reaches the ShardManager, HOST:PORT, as registered in the nameserver
+        /// [default: admin-listen, with the hostname for 0.0.0.0].
+        #[arg(long, env = "TBIRD_ADVERTISE_ADDR")]
+        advertise_addr: Option<String>,
+        /// How long a confirmation of the routing lets this server acknowledge writes, e.g.
+        /// 5s, overriding the file [default: 5s].
+        #[arg(long, env = "TBIRD_ROUTING_LEASE", value_parser = humantime::parse_duration)]
+        routing_lease: Option<std::time::Duration>,
+        /// How long a removed shard's renamed tables are kept before they are dropped, e.g.
+        /// 24h, overriding the file [default: 24h].
+        #[arg(long, env = "TBIRD_RETIRED_GRACE", value_parser = humantime::parse_duration)]
+        retired_grace: Option<std::time::Duration>,
     },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
@@ -256,6 +268,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             admin_token,
             metrics_listen,
             statements_per_host,
+            advertise_addr,
+            routing_lease,
+            retired_grace,
         } => {
             let mut server = match config {
                 Some(path) => ServerConfig::from_file(&path)?,
@@ -268,6 +283,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.admin_token = admin_token.or(server.admin_token);
             server.metrics_listen = metrics_listen.map_or(server.metrics_listen, |m| m.0);
             server.statements_per_host = statements_per_host.unwrap_or(server.statements_per_host);
+            server.advertise_addr = advertise_addr.or(server.advertise_addr);
+            server.routing_lease = routing_lease.unwrap_or(server.routing_lease);
+            server.retired_grace = retired_grace.unwrap_or(server.retired_grace);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {

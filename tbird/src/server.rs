@@ -46,8 +46,20 @@ pub struct ServerConfig {
     /// Deadline of each database operation.
     #[serde(with = "humantime_serde")]
     pub db_timeout: Duration,
-    /// Name reported to `gizzmo ping`.
+    /// Name reported to `gizzmo ping` and `gizzmo servers`.
     pub server_name: String,
+    /// Where gizzmo reaches this server's ShardManager, as registered in the nameserver
+    /// [default: admin-listen, with this machine's hostname for an unspecified address].
+    pub advertise_addr: Option<String>,
+    /// How long a confirmation of the routing with the nameserver lets this server
+    /// acknowledge writes; migrations wait at most this (plus a second) for a server that
+    /// stopped answering.
+    #[serde(with = "humantime_serde")]
+    pub routing_lease: Duration,
+    /// How long the tables of a shard removed from the topology are kept (renamed, so no
+    /// write reaches them) before they are dropped.
+    #[serde(with = "humantime_serde")]
+    pub retired_grace: Duration,
     /// Read statements, and separately write statements, in flight on one shard host; those
     /// arriving meanwhile share the next one.
     pub statements_per_host: usize,
@@ -66,6 +78,9 @@ impl Default for ServerConfig {
             leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
             db_timeout: db::DEFAULT_TIMEOUT,
             server_name: "tbird".into(),
+            advertise_addr: None,
+            routing_lease: gizzard::nameserver::routing::DEFAULT_LEASE,
+            retired_grace: gizzard::shards::retire::DEFAULT_GRACE,
             statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
         }
     }
@@ -125,6 +140,20 @@ impl ServerConfig {
     }
 }
 
+/// Returns the address other machines reach `addr` at: an unspecified IP (`0.0.0.0`) is
+/// replaced by this machine's hostname.
+fn advertised(addr: SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", addr.port())
+}
+
 /// Runs a server until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     config.validate()?;
@@ -140,6 +169,21 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
                 reason: e.to_string(),
             })?;
     let ids = IdSource::remote(snowflake, PrefetchSettings::default(), shutdown.clone());
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Listen {
+                addr,
+                reason: e.to_string(),
+            })
+    };
+    // Bound before the proxy starts, so that it registers the address it really serves.
+    let (tweets_listener, admin_listener) =
+        (bind(config.listen).await?, bind(config.admin_listen).await?);
+    let advertise_addr = match &config.advertise_addr {
+        Some(addr) => addr.clone(),
+        None => advertised(admin_listener.local_addr().unwrap_or(config.admin_listen)),
+    };
     let settings = ProxySettings {
         db_timeout: config.db_timeout,
         leaf_timeout: config.leaf_timeout,
@@ -150,6 +194,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         },
         admin_token: config.admin_token.clone(),
         server_name: config.server_name.clone(),
+        advertise_addr,
+        routing_lease: config.routing_lease,
+        retired_grace: config.retired_grace,
         ..ProxySettings::new(&config.nameserver_url)
     };
     let proxy = Proxy::start(
@@ -165,16 +212,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             .clone()
             .spawn_depth_gauge(metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
     }
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::Listen {
-                addr,
-                reason: e.to_string(),
-            })
-    };
-    let (tweets_listener, admin_listener) =
-        (bind(config.listen).await?, bind(config.admin_listen).await?);
     let manager = proxy.manager().into_server();
     let tweets = TweetService::new(Arc::new(proxy), ids)
         .with_reads_per_host(config.statements_per_host)

@@ -103,15 +103,20 @@ pub fn plain_registry() -> Registry<TbirdShard> {
         })
 }
 
+/// Returns the table of a shard of `kind` with table prefix `prefix`.
+fn table_name(prefix: &str, kind: Kind) -> String {
+    let suffix = match kind {
+        Kind::Tweets => "tweets",
+        Kind::Timelines => "timeline",
+    };
+    format!("{prefix}_{suffix}")
+}
+
 impl TbirdShard {
     /// Returns the shard for `info`; its table is `<prefix>_tweets` or `<prefix>_timeline`.
     pub fn new(info: &ShardInfo, kind: Kind, db: Database) -> Self {
-        let suffix = match kind {
-            Kind::Tweets => "tweets",
-            Kind::Timelines => "timeline",
-        };
         // The prefix is a validated SQL identifier, so it can be spliced into statements.
-        let table = format!("{}_{suffix}", info.id.table_prefix);
+        let table = table_name(&info.id.table_prefix, kind);
         Self {
             id: info.id.clone(),
             kind,
@@ -900,6 +905,26 @@ impl PhysicalShard for TbirdShard {
             .execute_batch(sql)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    async fn fence(&self, prefix: &str) -> Result<(), ShardError> {
+        let to = table_name(prefix, self.kind);
+        self.db
+            .rename_table(&self.table, &to)
+            .await
+            .map_err(|e| self.err(e))?;
+        if let Database::Sqlite { .. } = self.db {
+            // SQLite's index names are global and follow the table: a new table of the old
+            // name would otherwise find its index name taken and go without.
+            let sql = format!("DROP INDEX IF EXISTS {}_hash", self.table);
+            self.db.execute_batch(sql).await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn drop_tables(&self) -> Result<(), ShardError> {
+        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        self.db.execute_batch(sql).await.map_err(|e| self.err(e))
     }
 
     async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {

@@ -402,7 +402,13 @@ async fn routing_changes_propagate_to_every_server() {
     let mut routings = Vec::new();
     let mut pollers = Vec::new();
     for _ in 0..2 {
-        let routing = Arc::new(Routing::new(open().await).await.expect("initial load"));
+        let identity = gizzard::nameserver::ServerIdentity::new("poller", "");
+        let lease = gizzard::nameserver::routing::DEFAULT_LEASE;
+        let routing = Arc::new(
+            Routing::start(open().await, identity, lease)
+                .await
+                .expect("initial load"),
+        );
         assert_eq!(routing.current().version, 1);
         let interval = gizzard::nameserver::DEFAULT_POLL_INTERVAL;
         pollers.push(routing.clone().spawn_poller(interval, shutdown.clone()));

@@ -40,6 +40,7 @@ pub fn test_settings(nameserver_url: &str) -> ProxySettings {
         db_timeout: Duration::from_secs(2),
         leaf_timeout: Duration::from_millis(700),
         poll_interval: Duration::from_millis(200),
+        routing_lease: Duration::from_millis(1_500),
         workers: WorkerSettings {
             count: 2,
             lease: Duration::from_secs(5),

@@ -293,6 +293,19 @@ impl PhysicalShard for KvShard {
         Ok(Checksum { rows, digest })
     }
 
+    async fn fence(&self, prefix: &str) -> Result<(), ShardError> {
+        let to = format!("{prefix}_kv");
+        self.db
+            .rename_table(&self.table, &to)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn drop_tables(&self) -> Result<(), ShardError> {
+        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        self.db.execute_batch(sql).await.map_err(|e| self.err(e))
+    }
+
     async fn delete_hash_range(&self, hashes: Range<i64>) -> Result<u64, ShardError> {
         let sql = format!("DELETE FROM {} WHERE hash >= ? AND hash < ?", self.table);
         self.execute(sql, vec![Param::Int(hashes.start), Param::Int(hashes.end)])

@@ -5,6 +5,7 @@
 //!   template datadir, which tests can stop, kill, pause, resume and restart.
 //! - [`cluster`]: a Gizzard cluster (nameserver server, shard servers, an in-process proxy
 //!   running the key-value application).
+//! - [`relay`]: a TCP relay a test cuts, to partition one connection path.
 //! - [`kv`]: a small key-value application on Gizzard, to exercise the framework on real
 //!   tables.
 //! - [`tweets`]: a T-Bird cluster with in-process servers, and a writer that keeps a ledger
@@ -19,6 +20,7 @@ pub mod binary;
 pub mod cluster;
 pub mod kv;
 pub mod mariadb;
+pub mod relay;
 pub mod stack;
 pub mod tweets;
 

@@ -16,7 +16,9 @@ use gizzard::{
 };
 use proto::{
     gizzard::v1::{self as gpb, shard_manager_client::ShardManagerClient},
-    tbird::v1::{GetTweetsRequest, PostTweetRequest, tweets_client::TweetsClient},
+    tbird::v1::{
+        GetTweetsRequest, PostTweetRequest, UserTweetsRequest, tweets_client::TweetsClient,
+    },
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
@@ -58,12 +60,11 @@ pub struct TweetCluster {
     next_worker: Mutex<u8>,
 }
 
-/// The settings test clusters run with: short settles and leases, so workflows finish
-/// quickly and a killed server's job is taken over within seconds.
+/// The settings test clusters run with: short leases, so workflows finish quickly and a
+/// killed server's job is taken over within seconds.
 pub fn settings(nameserver_url: &str) -> ProxySettings {
     ProxySettings {
         migrations: MigrationSettings {
-            settle: Duration::from_millis(800),
             // Small pages and chunks, so a test's few thousand rows take many of each.
             tuning: Tuning {
                 page_rows: 64,
@@ -143,6 +144,15 @@ impl TweetCluster {
     /// Starts another server on the cluster's nameserver.
     pub async fn serve(&self, settings: ProxySettings) -> TweetServer {
         let shutdown = CancellationToken::new();
+        let (tweets_listener, admin_listener) = (bind().await, bind().await);
+        let addrs = (
+            tweets_listener.local_addr().expect("addr").to_string(),
+            admin_listener.local_addr().expect("addr").to_string(),
+        );
+        let settings = ProxySettings {
+            advertise_addr: addrs.1.clone(),
+            ..settings
+        };
         let proxy: TbirdProxy = Proxy::start(
             settings,
             tbird::store::registry(tbird::hosts::DEFAULT_STATEMENTS_PER_HOST),
@@ -165,11 +175,6 @@ impl TweetCluster {
         let manager = proxy.manager().into_server();
         let proxy = Arc::new(proxy);
         let tweets = TweetService::new(proxy.clone(), ids).into_server();
-        let (tweets_listener, admin_listener) = (bind().await, bind().await);
-        let addrs = (
-            tweets_listener.local_addr().expect("addr").to_string(),
-            admin_listener.local_addr().expect("addr").to_string(),
-        );
         let stop = shutdown.clone();
         let served = tokio::spawn(async move {
             let _ = tokio::join!(
@@ -194,6 +199,16 @@ impl TweetCluster {
             shutdown,
             served,
         }
+    }
+
+    /// Opens the cluster's nameserver directly, to look at its registry and retired leaves.
+    pub async fn nameserver_view(&self) -> gizzard::nameserver::NameServer {
+        let db = db::Database::open(&self.nameserver_url, Duration::from_secs(5))
+            .await
+            .expect("open the nameserver database");
+        gizzard::nameserver::NameServer::open(db)
+            .await
+            .expect("open the nameserver")
     }
 
     /// A ShardManager client of `server`.
@@ -282,6 +297,8 @@ pub async fn wait_migration(admin: &mut ShardManagerClient<Channel>, id: u64) ->
 pub struct Ledger {
     /// Ids of acknowledged posts.
     pub acked: Vec<u64>,
+    /// The user of each acknowledged post, by id.
+    pub users: HashMap<u64, u64>,
     /// Posts that failed, with the error.
     pub failures: Vec<String>,
     /// The slowest acknowledged post.
@@ -312,8 +329,9 @@ impl TweetWriter {
                     let mut n = 0u64;
                     while !stop.is_cancelled() {
                         n += 1;
+                        let user_id = 1 + (task as u64 * 7919 + n) % 500;
                         let request = PostTweetRequest {
-                            user_id: 1 + (task as u64 * 7919 + n) % 500,
+                            user_id,
                             text: format!("tweet {n} of writer {task}").into_bytes(),
                             in_reply_to: None,
                         };
@@ -325,7 +343,9 @@ impl TweetWriter {
                         .await;
                         match posted {
                             Ok(Ok(tweet)) => {
-                                ledger.acked.push(tweet.into_inner().id);
+                                let id = tweet.into_inner().id;
+                                ledger.acked.push(id);
+                                ledger.users.insert(id, user_id);
                                 ledger.slowest = ledger.slowest.max(started.elapsed());
                             }
                             Ok(Err(status)) => ledger.failures.push(status.to_string()),
@@ -347,6 +367,7 @@ impl TweetWriter {
         for task in self.tasks {
             let ledger = task.await.expect("writer task");
             all.acked.extend(ledger.acked);
+            all.users.extend(ledger.users);
             all.failures.extend(ledger.failures);
             all.slowest = all.slowest.max(ledger.slowest);
         }
@@ -369,6 +390,47 @@ pub async fn missing(addr: &str, ids: &[u64]) -> Vec<u64> {
             .expect("get tweets")
             .into_inner();
         missing.extend(got.missing);
+    }
+    missing
+}
+
+/// Returns the ids on `user`'s timeline through the tweet service at `addr`, newest first,
+/// paging to the end.
+pub async fn timeline(addr: &str, user: u64) -> Vec<u64> {
+    let mut client = TweetsClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect tweets");
+    let mut ids = Vec::new();
+    let mut max_id = None;
+    loop {
+        let page = client
+            .user_tweets(UserTweetsRequest {
+                user_id: user,
+                max_id,
+                limit: 200,
+            })
+            .await
+            .expect("user tweets")
+            .into_inner();
+        ids.extend(page.tweets.iter().map(|t| t.id));
+        match page.next_max_id {
+            Some(next) => max_id = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// Returns the acknowledged posts of `ledger` missing from their user's timeline.
+pub async fn missing_from_timelines(addr: &str, ledger: &Ledger) -> Vec<u64> {
+    let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (&id, &user) in &ledger.users {
+        by_user.entry(user).or_default().push(id);
+    }
+    let mut missing = Vec::new();
+    for (user, ids) in by_user {
+        let shown: std::collections::HashSet<u64> =
+            timeline(addr, user).await.into_iter().collect();
+        missing.extend(ids.into_iter().filter(|id| !shown.contains(id)));
     }
     missing
 }

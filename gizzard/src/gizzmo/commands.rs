@@ -85,6 +85,8 @@ async fn execute(global: &Global, command: Command) -> anyhow::Result<String> {
                 format!("server {} routes version {}\n", v.server, v.routing_version)
             }
         }
+        Command::Servers => servers(&mut client, json).await?,
+        Command::Retired => retired(&mut client, json).await?,
         Command::Jobs(command) => jobs(&mut client, command, json).await?,
         Command::Migration(command) => super::migrations::run(&mut client, command, json).await?,
         change => {
@@ -485,16 +487,157 @@ async fn lookup(
 fn version_json(v: &pb::GetVersionResponse) -> Value {
     json!({
         "server": v.server,
+        "server_id": v.server_id,
         "stored_version": v.stored_version,
         "routing_version": v.routing_version,
+        "lease_valid": v.lease_valid,
+        "confirmed_age_ms": v.confirmed_age_ms,
     })
 }
 
-/// Asks every server for its versions at once, prints them, and fails when any is
-/// unreachable, when they route different versions, or when one routes behind the store.
+/// Seconds with one decimal, for ages and times left.
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+async fn list_servers(client: &mut ManagerClient) -> anyhow::Result<pb::ListServersResponse> {
+    Ok(client
+        .list_servers(pb::ListServersRequest {})
+        .await
+        .map_err(|s| call_error("list the servers", s))?
+        .into_inner())
+}
+
+async fn servers(client: &mut ManagerClient, json: bool) -> anyhow::Result<String> {
+    let list = list_servers(client).await?;
+    let status = |s: &pb::Server| {
+        if s.stale {
+            "stale"
+        } else if s.version < list.stored_version {
+            "behind"
+        } else {
+            "ok"
+        }
+    };
+    if json {
+        let servers: Vec<Value> = list
+            .servers
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id, "name": s.name, "address": s.address, "version": s.version,
+                    "confirmed_age_ms": s.confirmed_age_ms, "lease_ms": s.lease_ms,
+                    "stale": s.stale, "status": status(s),
+                })
+            })
+            .collect();
+        return Ok(pretty(
+            &json!({ "stored_version": list.stored_version, "servers": servers }),
+        ));
+    }
+    let rows = list
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.address.clone(),
+                s.version.to_string(),
+                format!("{} ago", seconds(s.confirmed_age_ms)),
+                seconds(s.lease_ms),
+                status(s).into(),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        "nameserver version {}\n{}",
+        list.stored_version,
+        render::table(
+            &[
+                "SERVER",
+                "ADDRESS",
+                "VERSION",
+                "CONFIRMED",
+                "LEASE",
+                "STATUS"
+            ],
+            &[2, 3, 4],
+            rows,
+        )
+    ))
+}
+
+async fn retired(client: &mut ManagerClient, json: bool) -> anyhow::Result<String> {
+    let shards = client
+        .list_retired(pb::ListRetiredRequest {})
+        .await
+        .map_err(|s| call_error("list retired shards", s))?
+        .into_inner()
+        .shards;
+    let state = |r: &pb::RetiredShard| {
+        if r.fenced_prefix.is_empty() {
+            "waiting for every server to stop routing to it".to_owned()
+        } else {
+            format!(
+                "fenced as {}; dropped in {}",
+                r.fenced_prefix,
+                seconds(r.drop_in_ms)
+            )
+        }
+    };
+    if json {
+        let shards: Vec<Value> = shards
+            .iter()
+            .map(|r| {
+                json!({
+                    "shard_id": r.shard_id, "class_name": r.class_name,
+                    "retired_version": r.retired_version,
+                    "fenced_prefix": (!r.fenced_prefix.is_empty()).then_some(&r.fenced_prefix),
+                    "drop_in_ms": r.drop_in_ms,
+                })
+            })
+            .collect();
+        return Ok(pretty(&json!(shards)));
+    }
+    if shards.is_empty() {
+        return Ok("no retired shards wait to be fenced or dropped\n".into());
+    }
+    let rows = shards
+        .iter()
+        .map(|r| {
+            vec![
+                r.shard_id.clone(),
+                r.class_name.clone(),
+                r.retired_version.to_string(),
+                state(r),
+            ]
+        })
+        .collect();
+    Ok(render::table(
+        &["SHARD", "CLASS", "RETIRED AT", "STATE"],
+        &[2],
+        rows,
+    ))
+}
+
+/// Asks every server (by default, every one in the registry) for its versions at once,
+/// prints them, and fails when any is unreachable, when they route different versions, when
+/// one routes behind the store, or when one's routing lease has lapsed.
 async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyhow::Result<()> {
     let addrs = if addrs.is_empty() {
-        vec![global.addr.clone()]
+        let mut client = global.connect().await?;
+        let registered: Vec<String> = list_servers(&mut client)
+            .await?
+            .servers
+            .into_iter()
+            .map(|s| s.address)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if registered.is_empty() {
+            vec![global.addr.clone()]
+        } else {
+            registered
+        }
     } else {
         addrs
     };
@@ -513,6 +656,12 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
         match answer {
             Ok(v) => {
                 routing.entry(v.routing_version).or_default().push(addr);
+                if !v.lease_valid {
+                    problems.push(format!(
+                        "{addr} cannot confirm its routing (last confirmed {} ago): it refuses writes",
+                        seconds(v.confirmed_age_ms)
+                    ));
+                }
                 if v.routing_version < v.stored_version {
                     problems.push(format!(
                         "{addr} routes version {} behind the stored version {}",
@@ -553,7 +702,9 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
             .zip(&answers)
             .map(|(addr, answer)| match answer {
                 Ok(v) => {
-                    let status = if v.routing_version < v.stored_version {
+                    let status = if !v.lease_valid {
+                        "unconfirmed"
+                    } else if v.routing_version < v.stored_version {
                         "behind"
                     } else if routing.len() > 1 {
                         "differs"

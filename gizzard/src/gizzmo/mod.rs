@@ -186,11 +186,18 @@ pub enum Command {
     },
     /// Make the server at --addr reload its routing snapshot now.
     Reload,
-    /// Show each server's name, stored and routing versions; fail when they disagree.
+    /// Show each server's name, stored and routing versions and lease; fail when one is
+    /// unreachable, routes behind the nameserver or cannot confirm its routing.
     Ping {
-        /// Server addresses, HOST:PORT [default: --addr].
+        /// Server addresses, HOST:PORT [default: every server in the registry].
         addrs: Vec<String>,
     },
+    /// List the servers in the registry: the routing version each confirmed and when; a
+    /// stale one's lease is over (it acknowledges no writes and no migration waits for it).
+    Servers,
+    /// List leaves removed from the topology whose tables wait to be fenced (once every
+    /// server stopped routing to them) or dropped (after the grace period).
+    Retired,
     /// Inspect and control the job queue.
     #[command(subcommand)]
     Jobs(JobsCommand),

@@ -5,7 +5,10 @@ use proto::gizzard::v1 as pb;
 use tonic::Status;
 
 use crate::{
-    nameserver::{Change, Forwarding, Host, Link, NodeSpec, ShardId, ShardInfo, Topology},
+    nameserver::{
+        Change, Forwarding, Host, Link, NodeSpec, RetiredShard, ServerRecord, ShardId, ShardInfo,
+        Topology,
+    },
     scheduler::{JobRecord, JobState, Priority},
 };
 
@@ -233,5 +236,31 @@ pub fn job_to_pb(job: &JobRecord) -> pb::Job {
         last_error: job.last_error.clone().unwrap_or_default(),
         run_after_ms: job.run_after_ms,
         created_at_ms: job.created_at_ms,
+    }
+}
+
+/// Converts a registered server.
+pub fn server_to_pb(server: &ServerRecord) -> pb::Server {
+    pb::Server {
+        id: server.id.clone(),
+        name: server.name.clone(),
+        address: server.address.clone(),
+        version: server.version,
+        confirmed_age_ms: server.confirmed_age().as_millis() as u64,
+        lease_ms: server.lease_ms.max(0) as u64,
+        stale: server.is_stale(),
+    }
+}
+
+/// Converts a retired leaf.
+pub fn retired_to_pb(shard: &RetiredShard) -> pb::RetiredShard {
+    pb::RetiredShard {
+        shard_id: shard.id.to_string(),
+        class_name: shard.class_name.clone(),
+        retired_version: shard.retired_version,
+        fenced_prefix: shard.fenced_prefix.clone().unwrap_or_default(),
+        drop_in_ms: shard
+            .drop_after_ms
+            .map_or(0, |at| at.saturating_sub(shard.now_ms).max(0) as u64),
     }
 }

@@ -57,6 +57,26 @@ pub struct Manager {
     server_name: String,
 }
 
+impl Manager {
+    fn version_response(
+        &self,
+        stored_version: u64,
+        routing_version: u64,
+    ) -> pb::GetVersionResponse {
+        pb::GetVersionResponse {
+            stored_version,
+            routing_version,
+            server: self.server_name.clone(),
+            lease_valid: self.routing.lease_holds(),
+            confirmed_age_ms: self
+                .routing
+                .confirmed_age()
+                .map_or(u64::MAX, |age| age.as_millis() as u64),
+            server_id: self.routing.identity().id.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
@@ -171,7 +191,9 @@ pub(super) fn nameserver_status(err: NameServerError) -> Status {
         }
         NameServerError::MaybeApplied(_) => Status::deadline_exceeded(err.to_string()),
         NameServerError::Corrupt { .. } => Status::internal(err.to_string()),
-        NameServerError::Db(_) => Status::unavailable(err.to_string()),
+        NameServerError::Db(_) | NameServerError::Unsettled(_) => {
+            Status::unavailable(err.to_string())
+        }
     }
 }
 
@@ -282,11 +304,10 @@ impl ShardManager for Manager {
         _: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
         let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
-        Ok(Response::new(pb::GetVersionResponse {
+        Ok(Response::new(self.version_response(
             stored_version,
-            routing_version: self.routing.current().version,
-            server: self.server_name.clone(),
-        }))
+            self.routing.current().version,
+        )))
     }
 
     async fn reload(
@@ -296,10 +317,30 @@ impl ShardManager for Manager {
         self.authorize(&request)?;
         let routing_version = self.routing.reload().await.map_err(nameserver_status)?;
         let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
-        Ok(Response::new(pb::GetVersionResponse {
+        Ok(Response::new(
+            self.version_response(stored_version, routing_version),
+        ))
+    }
+
+    async fn list_servers(
+        &self,
+        _: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        let servers = self.nameserver.servers().await.map_err(nameserver_status)?;
+        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
+        Ok(Response::new(pb::ListServersResponse {
+            servers: servers.iter().map(convert::server_to_pb).collect(),
             stored_version,
-            routing_version,
-            server: self.server_name.clone(),
+        }))
+    }
+
+    async fn list_retired(
+        &self,
+        _: Request<pb::ListRetiredRequest>,
+    ) -> Result<Response<pb::ListRetiredResponse>, Status> {
+        let retired = self.nameserver.retired().await.map_err(nameserver_status)?;
+        Ok(Response::new(pb::ListRetiredResponse {
+            shards: retired.iter().map(convert::retired_to_pb).collect(),
         }))
     }
 

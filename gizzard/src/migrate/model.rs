@@ -198,7 +198,8 @@ pub enum Step {
     /// The new shards are not in the topology yet.
     #[default]
     Prepare,
-    /// Waiting until every server routes with the new topology.
+    /// Waiting until every registered server routes with the new topology or has provably
+    /// stopped acknowledging writes (its routing lease is over).
     Settle,
     Copy,
     /// Waiting until no retry job targets the shards involved.

@@ -5,10 +5,13 @@
 //! resumes from the saved step and cursor. Every topology step is one atomic batch that is
 //! skipped when a crashed run already applied it.
 //!
-//! A migration only ever adds a write target (behind a WriteOnly node) before copying, waits
-//! `settle` so every server routes with that change, and cuts over only after the copy, a
-//! clean diff and an empty retry queue for the shards involved. A cancel before the cutover
-//! removes what was added: the old shards received every write all along.
+//! A migration only ever adds a write target (behind a WriteOnly node) before copying, and
+//! cuts over only after the copy, a clean diff and an empty retry queue for the shards
+//! involved. After each topology change it waits for agreement, never for time: every
+//! registered server has confirmed the new version (and so has no write routed with an older
+//! one in flight), or its routing lease is provably over by the nameserver database's clock
+//! (see [`crate::nameserver::servers`]). A cancel before the cutover removes what was added:
+//! the old shards received every write all along.
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +29,9 @@ use super::{
     store::{MigrationStore, StoreError},
 };
 use crate::{
-    nameserver::{Change, NameServer, Routing, ShardId, Topology},
+    nameserver::{
+        Change, NameServer, Routing, ShardId, Topology, TopologyError, servers::waiting_for,
+    },
     scheduler::{ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, NewJob, Priority},
     shards::{PhysicalShard, ShardError, ShardRouter},
 };
@@ -49,13 +54,10 @@ pub fn job(id: MigrationId) -> NewJob {
 /// How migrations run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MigrationSettings {
-    /// How long after a topology change every server is assumed to route with it: a few poll
-    /// intervals.
-    pub settle: Duration,
     pub tuning: Tuning,
     /// Rows a copy moves per second at most; `None` for as fast as the shards go.
     pub rows_per_second: Option<u64>,
-    /// How often a waiting step looks again (retry queue, child migrations).
+    /// How often a waiting step looks again (agreement, retry queue, child migrations).
     pub poll: Duration,
     /// Repair rounds before a migration whose replicas keep differing fails.
     pub max_repair_rounds: u32,
@@ -64,7 +66,6 @@ pub struct MigrationSettings {
 impl Default for MigrationSettings {
     fn default() -> Self {
         Self {
-            settle: Duration::from_secs(3),
             tuning: Tuning::default(),
             rows_per_second: None,
             poll: Duration::from_millis(250),
@@ -345,6 +346,10 @@ impl<S: PhysicalShard> Run<'_, S> {
         let types = inner.router.registry().shard_types();
         match inner.nameserver.apply(changes, &types).await {
             Ok(version) => tracing::info!(migration = self.id, version, "topology changed"),
+            // A namesake of a new leaf was just retired: its fence comes within a lease.
+            Err(err) if matches!(err.topology_error(), Some(TopologyError::StillRetiring(_))) => {
+                return Err(retry(err));
+            }
             Err(err) if err.topology_error().is_some() => {
                 return Err(Stop::Failed(format!("topology change refused: {err}")));
             }
@@ -363,11 +368,44 @@ impl<S: PhysicalShard> Run<'_, S> {
             .map_err(|e| Stop::Failed(format!("{id}: {e}")))
     }
 
-    async fn settle(&mut self, next: Step) -> Result<(), Stop> {
-        self.progress.note = "waiting for every server to load the new topology".into();
-        self.save().await?;
-        tokio::time::sleep(self.inner().settings.settle).await;
-        self.step(next).await
+    /// Waits until every registered server routes with the nameserver's current version or
+    /// has provably stopped acknowledging writes; the note names those it waits for. After a
+    /// cutover (`cancellable` false) a cancel has nothing left to undo and is ignored.
+    async fn agree(&mut self, cancellable: bool) -> Result<(), Stop> {
+        let inner = self.inner();
+        // This server confirms at once rather than at its next poll.
+        inner.routing.refresh(false).await.map_err(retry)?;
+        let version = inner.nameserver.version().await.map_err(retry)?;
+        loop {
+            let servers = self.inner().nameserver.servers().await.map_err(retry)?;
+            let waiting = waiting_for(&servers, version);
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} at {} (v{}, confirmed {:.1}s ago; lease over in {:.1}s)",
+                        s.id,
+                        s.address,
+                        s.version,
+                        s.confirmed_age().as_secs_f64(),
+                        s.stale_in().as_secs_f64()
+                    )
+                })
+                .collect();
+            self.progress.note = format!(
+                "waiting for every server to route with version {version}: {}",
+                names.join(", ")
+            );
+            if cancellable {
+                self.save().await?;
+            } else {
+                self.save_ignoring_cancel().await?;
+            }
+            tokio::time::sleep(self.inner().settings.poll).await;
+        }
     }
 
     /// Copies `from` into `to`, resuming at the saved cursor.
@@ -554,7 +592,10 @@ impl<S: PhysicalShard> Run<'_, S> {
                     }
                     self.step(Step::Settle).await?;
                 }
-                Step::Settle => self.settle(Step::Copy).await?,
+                Step::Settle => {
+                    self.agree(true).await?;
+                    self.step(Step::Copy).await?;
+                }
                 Step::Copy => {
                     self.copy_step(&m.source, std::slice::from_ref(&m.target), None)
                         .await?;
@@ -570,7 +611,10 @@ impl<S: PhysicalShard> Run<'_, S> {
                     if self.topology().await?.shards.contains_key(&m.wrapper) {
                         self.apply(&plan::move_cutover(m)).await?;
                     }
-                    self.step(Step::Finished).await?;
+                    // Done means no server writes the old replica any more.
+                    self.agree(false).await?;
+                    self.progress.step = Step::Finished;
+                    self.save_ignoring_cancel().await?;
                 }
                 Step::Cleanup | Step::Children | Step::Finished => return Ok(()),
             }
@@ -587,7 +631,10 @@ impl<S: PhysicalShard> Run<'_, S> {
                     }
                     self.step(Step::Settle).await?;
                 }
-                Step::Settle => self.settle(Step::Copy).await?,
+                Step::Settle => {
+                    self.agree(true).await?;
+                    self.step(Step::Copy).await?;
+                }
                 Step::Copy => {
                     self.copy_step(&s.source, &s.new_leaves, hashes).await?;
                     self.step(Step::Diff).await?;
@@ -602,14 +649,13 @@ impl<S: PhysicalShard> Run<'_, S> {
                     if self.topology().await?.shards.contains_key(&s.bridge) {
                         self.apply(&plan::split_cutover(s)).await?;
                     }
-                    self.step(Step::Cleanup).await?;
+                    self.progress.step = Step::Cleanup;
+                    self.save_ignoring_cancel().await?;
                 }
                 Step::Cleanup => {
-                    // After the settle no server reads the old tree for the moved range, so
-                    // its copies of those rows can go.
-                    self.progress.note = "waiting for every server to route to the new tree".into();
-                    self.save_ignoring_cancel().await?;
-                    tokio::time::sleep(self.inner().settings.settle).await;
+                    // Once every server routes the moved range to the new tree, none reads
+                    // or writes the old tree's copies of those rows, so they can go.
+                    self.agree(false).await?;
                     for leaf in &s.old_leaves {
                         let shard = self.leaf(leaf).await?;
                         let deleted = shard.delete_hash_range(s.moved.range()).await?;

@@ -249,6 +249,12 @@ pub enum Change {
 pub enum TopologyError {
     #[error("shard {0} already exists")]
     ShardExists(ShardId),
+    /// A leaf of this id was deleted and its table is not fenced yet (see `gizzmo retired`).
+    #[error(
+        "shard {0} was removed and its old table waits to be fenced until every server stops \
+         writing to it (within a routing lease); try again shortly"
+    )]
+    StillRetiring(ShardId),
     #[error("shard {0} does not exist")]
     ShardNotFound(ShardId),
     /// `link` is the `(up, down)` pair of one link still touching `id`.

@@ -9,13 +9,17 @@
 //! multi-row statements), bump the counter and commit. A batch that fails anywhere writes
 //! nothing. Every operation runs under the database's deadline.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use mysql_async::{TxOpts, prelude::Queryable};
 use rusqlite::TransactionBehavior;
 
 use super::{
-    model::{Change, Host, ShardId, ShardInfo, ShardTypes, Topology, TopologyError},
+    model::{Change, Host, ShardId, ShardInfo, ShardTypes, Topology, TopologyError, VIRTUAL_HOST},
+    retired, servers,
     validate::validate,
 };
 use crate::db::{Database, DbError, Param};
@@ -118,6 +122,9 @@ pub enum NameServerError {
          load the topology to check before retrying"
     )]
     MaybeApplied(Duration),
+    /// The topology changed every time it was loaded, too fast to confirm any version.
+    #[error("the topology changed {0} times while this server confirmed it; try again")]
+    Unsettled(usize),
     #[error("nameserver table {table} holds a bad row: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("nameserver database: {0}")]
@@ -155,11 +162,20 @@ impl NameServer {
                     for sql in MYSQL_SCHEMA {
                         conn.query_drop(sql).await?;
                     }
+                    conn.query_drop(servers::MYSQL_SCHEMA).await?;
+                    conn.query_drop(retired::MYSQL_SCHEMA).await?;
                     Ok(())
                 })
                 .await?
             }
-            Database::Sqlite { .. } => db.sqlite(|conn| conn.execute_batch(SQLITE_SCHEMA)).await?,
+            Database::Sqlite { .. } => {
+                db.sqlite(|conn| {
+                    conn.execute_batch(SQLITE_SCHEMA)?;
+                    conn.execute_batch(servers::SQLITE_SCHEMA)?;
+                    conn.execute_batch(retired::SQLITE_SCHEMA)
+                })
+                .await?
+            }
         }
         Ok(Self { db })
     }
@@ -308,6 +324,8 @@ struct Rows {
     links: Vec<LinkRow>,
     forwardings: Vec<ForwardingRow>,
     hosts: Vec<HostRow>,
+    /// Retired leaves whose tables are not fenced yet; filled only inside a batch.
+    unfenced: Vec<(String, String)>,
 }
 
 async fn load_mysql(
@@ -321,6 +339,7 @@ async fn load_mysql(
         links: q.query(SELECT_LINKS).await?,
         forwardings: q.query(SELECT_FORWARDINGS).await?,
         hosts: q.query(SELECT_HOSTS).await?,
+        unfenced: q.query(retired::SELECT_UNFENCED).await?,
     })
 }
 
@@ -348,6 +367,9 @@ fn load_sqlite(conn: &rusqlite::Connection) -> Result<Rows, rusqlite::Error> {
         })?,
         hosts: all(conn, SELECT_HOSTS, |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?,
+        unfenced: all(conn, retired::SELECT_UNFENCED, |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })?,
     })
 }
@@ -416,21 +438,31 @@ fn plan(
     changes: &[Change],
     types: &ShardTypes,
 ) -> Result<(u64, Writes), NameServerError> {
+    let unfenced: BTreeSet<(String, String)> = rows.unfenced.iter().cloned().collect();
     let mut topology = rows.into_topology()?;
     let mut before = Before::default();
     for (index, change) in changes.iter().enumerate() {
         before.record(&topology, change);
+        if let Change::CreateShard(info) = change
+            && unfenced.contains(&(info.id.hostname.clone(), info.id.table_prefix.clone()))
+        {
+            let source = retired::still_retiring(&info.id);
+            return Err(NameServerError::Rejected { index, source });
+        }
         topology
             .apply(change)
             .map_err(|source| NameServerError::Rejected { index, source })?;
     }
     validate(&topology, types).map_err(NameServerError::Invalid)?;
     let version = topology.version + 1;
-    let mut writes = before.writes(&topology);
-    writes.version = i64::try_from(version).map_err(|_| NameServerError::Corrupt {
+    let version_param = i64::try_from(version).map_err(|_| NameServerError::Corrupt {
         table: "gizzard_version",
         reason: format!("version {version} overflows"),
     })?;
+    let retiring = before.retired_leaves(&topology, types, version_param);
+    let mut writes = before.writes(&topology);
+    writes.version = version_param;
+    writes.retired = retiring;
     Ok((version, writes))
 }
 
@@ -444,6 +476,32 @@ struct Before {
 }
 
 impl Before {
+    /// Returns the `gizzard_retired` rows of the physical leaves the batch deleted.
+    fn retired_leaves(
+        &self,
+        after: &Topology,
+        types: &ShardTypes,
+        version: i64,
+    ) -> Vec<Vec<Param>> {
+        self.shards
+            .iter()
+            .filter_map(|(id, old)| old.as_ref().map(|info| (id, info)))
+            .filter(|(id, info)| {
+                id.hostname != VIRTUAL_HOST
+                    && types.is_leaf(&info.class_name)
+                    && !after.shards.contains_key(id)
+            })
+            .map(|(id, info)| {
+                vec![
+                    Param::from(&id.hostname),
+                    Param::from(&id.table_prefix),
+                    Param::Int(version),
+                    Param::from(&info.class_name),
+                ]
+            })
+            .collect()
+    }
+
     /// Remembers the current value of the key `change` touches, unless an earlier change of
     /// the batch touched it first.
     fn record(&mut self, t: &Topology, change: &Change) {
@@ -553,6 +611,7 @@ impl Before {
             links,
             forwardings,
             hosts,
+            retired: Vec::new(),
             version: 0,
         }
     }
@@ -572,6 +631,8 @@ struct Writes {
     links: TableWrites,
     forwardings: TableWrites,
     hosts: TableWrites,
+    /// Rows of `gizzard_retired`, one per deleted leaf.
+    retired: Vec<Vec<Param>>,
     version: i64,
 }
 
@@ -637,6 +698,10 @@ impl Writes {
                 statements.push(upsert(table, chunk, backend));
             }
         }
+        statements.extend(self.retired.into_iter().map(|params| Statement {
+            sql: retired::INSERT.into(),
+            params,
+        }));
         statements.push(Statement {
             sql: "UPDATE gizzard_version SET version = ? WHERE id = 1".into(),
             params: vec![Param::Int(self.version)],

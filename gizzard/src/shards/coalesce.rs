@@ -257,6 +257,12 @@ mod tests {
         ) -> Result<Checksum, ShardError> {
             Ok(Checksum { rows: 0, digest: 0 })
         }
+        async fn fence(&self, _: &str) -> Result<(), ShardError> {
+            Ok(())
+        }
+        async fn drop_tables(&self) -> Result<(), ShardError> {
+            Ok(())
+        }
         async fn delete_hash_range(&self, _: Range<i64>) -> Result<u64, ShardError> {
             Ok(0)
         }

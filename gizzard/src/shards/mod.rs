@@ -10,12 +10,15 @@
 //!   per leaf and one connection pool per host across reloads.
 //! - [`write`]: the write path: apply a write to every writable leaf in parallel, store a
 //!   retry job for each leaf that failed, and run those jobs.
+//! - [`retire`]: the sweep that fences a deleted leaf's tables once no server can route to it,
+//!   and drops them after a grace period.
 //! - [`coalesce`]: group commit: concurrent writes to one leaf share multi-row statements.
 
 pub mod coalesce;
 pub mod health;
 pub mod node;
 pub mod registry;
+pub mod retire;
 pub mod router;
 pub mod write;
 

@@ -105,6 +105,15 @@ pub trait PhysicalShard: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Renames the shard's tables to the names the same class gives table prefix `prefix`, so
+    /// that no write reaches them by their old names any more (a leaf retired by a cutover);
+    /// succeeds without doing anything when that was done already.
+    fn fence(&self, prefix: &str) -> impl Future<Output = Result<(), ShardError>> + Send;
+
+    /// Drops the shard's tables (a fenced leaf's, after its grace period); succeeds when they
+    /// are gone already.
+    fn drop_tables(&self) -> impl Future<Output = Result<(), ShardError>> + Send;
+
     /// Deletes the rows whose hash is in `hashes` (after a split moved them elsewhere).
     fn delete_hash_range(
         &self,

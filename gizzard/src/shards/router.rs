@@ -100,6 +100,10 @@ impl<S: PhysicalShard> ShardRouter<S> {
 
     /// Returns the tree holding `key` of `table_id`.
     pub async fn tree(&self, table_id: i32, key: u64) -> Result<Arc<Node<S>>, RouteError> {
+        if !self.routing.lease_holds() {
+            // Reads go on with the last snapshot; operators see how many in this counter.
+            metrics::counter!("gizzard_unconfirmed_routes_total").increment(1);
+        }
         let forest = self.forest().await?;
         let forest = forest.as_ref().as_ref().expect("forest() builds one");
         let hash = hash(key);
@@ -128,6 +132,25 @@ impl<S: PhysicalShard> ShardRouter<S> {
             Node::Leaf(leaf) => Ok(leaf),
             _ => Err(RouteError::UnknownShard(format!("{id} (not a leaf)"))),
         }
+    }
+
+    /// Returns the physical shard of `info` on its host of the current topology, whether or
+    /// not the topology still has the shard (a retired leaf's tables).
+    pub async fn physical(&self, info: &ShardInfo) -> Result<S, RouteError> {
+        let snapshot = self.routing.current();
+        let host = snapshot
+            .topology
+            .hosts
+            .get(&info.id.hostname)
+            .ok_or_else(|| RouteError::UnknownHost {
+                host: info.id.hostname.clone(),
+                shard: info.id.to_string(),
+            })?;
+        let db = {
+            let mut cache = self.cache.lock().await;
+            self.host_db(host, &mut cache).await?
+        };
+        Ok(self.registry.build(info, db)?)
     }
 
     /// Creates the tables of leaf `info` on `host` when missing.

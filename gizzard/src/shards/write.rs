@@ -6,6 +6,11 @@
 //! a stored retry job; when storing fails the caller gets [`WriteError::NotDurable`], and since
 //! writes are idempotent, retrying is safe.
 //!
+//! Every write holds a [`WritePermit`] of the routing while it runs: it is refused when the
+//! server's routing lease has lapsed ([`WriteError::Unconfirmed`]), and its acknowledgement is
+//! refused when the lease lapsed while it ran ([`WriteError::LeaseLapsed`]), so a server cut
+//! off from the nameserver never acknowledges a write that a migration may have missed.
+//!
 //! A retry job names its target leaf and carries the key, so [`Writer::retry`] can check the
 //! leaf against the topology of the moment: still writable, it is written; refused by a node,
 //! the job waits without counting; gone from the key's tree (moved by a migration), the write
@@ -17,7 +22,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{PhysicalShard, ShardError, ShardRouter, coalesce::Coalescer, router::RouteError};
 use crate::{
-    nameserver::ShardId,
+    nameserver::{RoutingLeaseError, ShardId, WritePermit},
     scheduler::{ClaimedJob, JobQueue, NewJob, Priority, QueueError},
 };
 
@@ -63,6 +68,13 @@ pub enum WriteError {
     /// Some leaf neither applied the write nor got a retry job; others may have applied it.
     #[error("write not stored durably ({reason}); it may be partly applied and retrying is safe")]
     NotDurable { reason: String },
+    /// The server may not route writes now; nothing was written.
+    #[error("write refused: {0}")]
+    Unconfirmed(RoutingLeaseError),
+    /// The routing lease lapsed while the write ran: it may have been applied, but the server
+    /// cannot vouch that the leaves it chose are still the key's.
+    #[error("write not acknowledged, it may have been applied and retrying is safe: {0}")]
+    LeaseLapsed(RoutingLeaseError),
 }
 
 /// What happened to an acknowledged write.
@@ -117,6 +129,26 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
     /// Applies `op` for `key` of `table_id` to its tree; returns once it is applied or queued
     /// on every writable leaf.
     pub async fn write(&self, table_id: i32, key: u64, op: &W) -> Result<WriteOutcome, WriteError> {
+        let permit = self
+            .router
+            .routing()
+            .write_permit()
+            .map_err(WriteError::Unconfirmed)?;
+        let outcome = self.write_with(&permit, table_id, key, op).await?;
+        permit.acknowledge().map_err(WriteError::LeaseLapsed)?;
+        Ok(outcome)
+    }
+
+    /// Writes under `permit`, which the caller acknowledges.
+    async fn write_with(
+        &self,
+        _permit: &WritePermit<'_>,
+        table_id: i32,
+        key: u64,
+        op: &W,
+    ) -> Result<WriteOutcome, WriteError> {
+        // Routes with the current snapshot, at least as new as the permit's: a write routed
+        // with a newer version than the server confirmed is one a migration waits for anyway.
         let tree = self.router.tree(table_id, key).await?;
         let plan = tree.write_plan();
         let results =
@@ -181,6 +213,23 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
             message: format!("decode retry job {}: {e}", job.id),
         })?;
         let target = job.shard.as_deref().unwrap_or_default();
+        let unconfirmed = |e: RoutingLeaseError| ShardError::Unavailable {
+            shard: target.to_owned(),
+            reason: e.to_string(),
+        };
+        // The job picks its leaf by the routing: like a write, it needs the lease, from
+        // before it chooses until the leaf applied it.
+        let permit = self.router.routing().write_permit().map_err(unconfirmed)?;
+        self.retry_with(&permit, &retry, target).await?;
+        permit.acknowledge().map_err(unconfirmed)
+    }
+
+    async fn retry_with(
+        &self,
+        permit: &WritePermit<'_>,
+        retry: &Retry<W>,
+        target: &str,
+    ) -> Result<(), ShardError> {
         let route_err = |e: RouteError| ShardError::Unavailable {
             shard: target.to_owned(),
             reason: e.to_string(),
@@ -223,7 +272,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
             "retry target left the key's tree; writing the current tree"
         );
         drop(plan);
-        self.write(retry.table_id, retry.key, &retry.op)
+        self.write_with(permit, retry.table_id, retry.key, &retry.op)
             .await
             .map(drop)
             .map_err(|e| ShardError::Unavailable {

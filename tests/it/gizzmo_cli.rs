@@ -47,10 +47,17 @@ impl Cluster {
     /// Starts one more proxy on the same nameserver, polling it every `poll_interval`.
     async fn add_server(&mut self, name: &str, poll_interval: Duration) -> String {
         let nameserver = format!("sqlite://{}", self.dir.path().join("ns.db").display());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
         let settings = ProxySettings {
             admin_token: Some(TOKEN.into()),
             server_name: name.into(),
+            advertise_addr: addr.clone(),
             poll_interval,
+            // A proxy that polls rarely keeps its lease between polls.
+            routing_lease: (poll_interval * 3).max(Duration::from_secs(5)),
             ..ProxySettings::new(nameserver)
         };
         let proxy = Proxy::<KvShard, KvWrite>::start(
@@ -61,10 +68,6 @@ impl Cluster {
         )
         .await
         .expect("start proxy");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr").to_string();
         let service = proxy.manager().into_server();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -491,4 +494,56 @@ async fn gizzmo_ping_checks_that_servers_route_the_same_version() {
         .fails(&["--timeout", "2s", "ping", &a, "127.0.0.1:1"])
         .await;
     assert!(err.contains("127.0.0.1:1 did not answer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gizzmo_lists_registered_servers_pings_them_all_and_shows_retired_shards() {
+    let mut cluster = Cluster::start().await;
+    let b = cluster
+        .add_server("proxy-b", Duration::from_millis(200))
+        .await;
+    let a = cluster.addr().to_owned();
+
+    let out = cluster.ok(&["servers"]).await;
+    assert!(
+        out.contains("proxy-a-") && out.contains("proxy-b-"),
+        "{out}"
+    );
+    assert!(out.contains(&a) && out.contains(&b), "{out}");
+    assert_eq!(out.matches(" ok").count(), 2, "{out}");
+    let json = cluster.ok(&["--json", "servers"]).await;
+    assert_eq!(
+        json_values(&json, "stale"),
+        vec!["false", "false"],
+        "{json}"
+    );
+
+    // No addresses: every registered server is asked.
+    let out = cluster.ok(&["ping"]).await;
+    assert!(out.contains(&a) && out.contains(&b), "{out}");
+    assert_eq!(out.matches(" ok").count(), 2, "{out}");
+
+    assert_eq!(
+        cluster.ok(&["retired"]).await,
+        "no retired shards wait to be fenced or dropped\n"
+    );
+    add_hosts(&cluster).await;
+    create_table(&cluster).await;
+    cluster.ok(&["remove-replica", "b/t1_0001"]).await;
+    let mut fenced = String::new();
+    for _ in 0..100 {
+        fenced = cluster.ok(&["retired"]).await;
+        if fenced.contains("fenced as t1_0001_r") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fenced.contains("b/t1_0001"), "{fenced}");
+    assert!(fenced.contains("fenced as t1_0001_r"), "{fenced}");
+    assert!(fenced.contains("dropped in 86"), "a day's grace: {fenced}");
+    let host = db::Database::open(&cluster.host_url("b"), Duration::from_secs(5))
+        .await
+        .expect("open host b");
+    assert!(!host.table_exists("t1_0001_kv").await.expect("look"));
+    assert!(host.table_exists("t1_0000_kv").await.expect("look"));
 }

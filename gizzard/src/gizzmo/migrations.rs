@@ -303,7 +303,7 @@ async fn watch(client: &mut ManagerClient, id: u64, json: bool) -> anyhow::Resul
             bar.set_position(item.rows_copied);
             let message = match item.note.as_str() {
                 "" => format!("{} {}", item.step, item.status),
-                note => format!("{}: {}", item.step, render::truncate(note, 60)),
+                note => format!("{}: {}", item.step, render::truncate(note, 100)),
             };
             bar.set_message(message);
             if item.status != "running" && !bar.is_finished() {

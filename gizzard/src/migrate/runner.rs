@@ -386,7 +386,7 @@ impl<S: PhysicalShard> Run<'_, S> {
                 .iter()
                 .map(|s| {
                     format!(
-                        "{} at {} (v{}, confirmed {:.1}s ago; lease over in {:.1}s)",
+                        "{} at {} (on v{}, confirmed {:.1}s ago, lease over in {:.1}s)",
                         s.id,
                         s.address,
                         s.version,
@@ -396,7 +396,7 @@ impl<S: PhysicalShard> Run<'_, S> {
                 })
                 .collect();
             self.progress.note = format!(
-                "waiting for every server to route with version {version}: {}",
+                "waiting for {} to route with version {version}",
                 names.join(", ")
             );
             if cancellable {

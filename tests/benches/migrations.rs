@@ -18,10 +18,14 @@ use tbird::{
 };
 use tests::tweets::{TweetCluster, TweetWriter, run_migration};
 
-/// The test settings with production-sized pages and chunks.
+/// The test settings with production-sized pages and chunks, and production's routing poll
+/// interval and lease, which set how long a move waits for every server's agreement.
 fn production(nameserver_url: &str) -> gizzard::server::ProxySettings {
+    let defaults = gizzard::server::ProxySettings::new(nameserver_url);
     let mut settings = tests::tweets::settings(nameserver_url);
     settings.migrations.tuning = gizzard::migrate::ops::Tuning::default();
+    settings.poll_interval = defaults.poll_interval;
+    settings.routing_lease = defaults.routing_lease;
     settings
 }
 

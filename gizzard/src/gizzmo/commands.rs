@@ -626,12 +626,15 @@ async fn retired(client: &mut ManagerClient, json: bool) -> anyhow::Result<Strin
 async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyhow::Result<()> {
     let addrs = if addrs.is_empty() {
         let mut client = global.connect().await?;
+        // A server restarted on its old address is registered twice, once as stale.
         let registered: Vec<String> = list_servers(&mut client)
             .await?
             .servers
             .into_iter()
             .map(|s| s.address)
             .filter(|a| !a.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         if registered.is_empty() {
             vec![global.addr.clone()]

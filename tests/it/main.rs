@@ -9,6 +9,7 @@ mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_coalesce;
+mod tbird_convergence;
 mod tbird_dev;
 mod tbird_ids;
 mod tbird_ledger;

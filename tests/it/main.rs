@@ -2,6 +2,7 @@
 //! real MariaDB servers from the harness, real SQLite files.
 
 mod gizzard_cluster;
+mod gizzard_kv_convergence;
 mod gizzard_nameserver;
 mod gizzard_scheduler;
 mod gizzmo_cli;

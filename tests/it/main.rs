@@ -10,6 +10,7 @@ mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_coalesce;
+mod tbird_conflicts;
 mod tbird_convergence;
 mod tbird_dev;
 mod tbird_ids;

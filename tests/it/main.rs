@@ -4,6 +4,7 @@
 mod gizzard_cluster;
 mod gizzard_kv_convergence;
 mod gizzard_nameserver;
+mod gizzard_queue_locks;
 mod gizzard_scheduler;
 mod gizzmo_cli;
 mod harness;

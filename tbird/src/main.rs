@@ -5,8 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use proto::tbird::v1::{
-    DeleteTweetRequest, GetTweetsRequest, PostTweetRequest, Tweet, UserTweetsRequest,
-    tweets_client::TweetsClient,
+    DeleteTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest, Tweet,
+    UserTweetsRequest, tweets_client::TweetsClient,
 };
 use tbird::{
     bench::{self, BenchSettings, Mix},
@@ -93,6 +93,23 @@ enum Command {
     Post {
         #[command(flatten)]
         client: ClientArgs,
+        /// The author's user id.
+        #[arg(long)]
+        user: u64,
+        /// The id of the tweet this one replies to.
+        #[arg(long)]
+        reply_to: Option<u64>,
+        /// The text, 1 to 280 characters.
+        text: String,
+    },
+    /// Store a tweet with a given id: finishes a post that failed part-way (`post` prints the
+    /// command). Repeating it changes nothing; an id holding other content is refused.
+    Put {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The tweet's id.
+        #[arg(long)]
+        id: u64,
         /// The author's user id.
         #[arg(long)]
         user: u64,
@@ -320,13 +337,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let request = PostTweetRequest {
                 user_id: user,
-                text: text.into_bytes(),
+                text: text.clone().into_bytes(),
                 in_reply_to: reply_to,
             };
             let tweet = client
                 .connect()
                 .await?
                 .post_tweet(request)
+                .await
+                .map_err(|s| post_failed(s, user, reply_to, &text))?
+                .into_inner();
+            if client.json {
+                client.print(&[tweet])
+            } else {
+                println!("{}", tweet.id)
+            }
+            Ok(())
+        }
+        Command::Put {
+            client,
+            id,
+            user,
+            reply_to,
+            text,
+        } => {
+            let tweet = Tweet {
+                id,
+                user_id: user,
+                text: text.into_bytes(),
+                in_reply_to: reply_to,
+                ..Tweet::default()
+            };
+            let request = PutTweetRequest { tweet: Some(tweet) };
+            let tweet = client
+                .connect()
+                .await?
+                .put_tweet(request)
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -432,6 +478,32 @@ fn status(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
+/// Returns the error of a failed post; when the server names a tweet id the post may have
+/// partly stored, it ends with the `tbird put` command that finishes that tweet.
+fn post_failed(
+    failed: tonic::Status,
+    user: u64,
+    reply_to: Option<u64>,
+    text: &str,
+) -> anyhow::Error {
+    let Some(id) = tbird::service::partly_posted_id(&failed) else {
+        return status(failed);
+    };
+    let reply = reply_to.map_or_else(String::new, |r| format!(" --reply-to {r}"));
+    anyhow::anyhow!(
+        "{} ({:?})\ntweet {id} may be partly stored; finish it with PutTweet, not another \
+         post:\n  tbird put --id {id} --user {user}{reply} {}",
+        failed.message(),
+        failed.code(),
+        shell_quote(text)
+    )
+}
+
+/// Returns `text` quoted for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 async fn run_dev(settings: DevSettings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
@@ -461,5 +533,42 @@ async fn terminate() {
     if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         term.recv().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partly_stored_post_names_its_id_and_the_put_that_finishes_it() {
+        let mut failed = tonic::Status::unavailable("tweet 42 may be partly stored: store");
+        failed.metadata_mut().insert(
+            tbird::service::TWEET_ID_METADATA,
+            tonic::metadata::MetadataValue::from(42u64),
+        );
+        let text = post_failed(failed, 7, Some(9), "it's").to_string();
+        assert!(
+            text.contains("tbird put --id 42 --user 7 --reply-to 9 'it'\\''s'"),
+            "{text}"
+        );
+        // A failure that stored nothing names no id and suggests nothing.
+        let text = post_failed(
+            tonic::Status::invalid_argument("text is empty"),
+            7,
+            None,
+            "",
+        )
+        .to_string();
+        assert!(!text.contains("tbird put"), "{text}");
+    }
+
+    #[test]
+    fn the_commands_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["tbird", "put", "--id", "5", "--user", "7", "hi"])
+            .expect("put parses");
+        assert!(matches!(cli.command, Command::Put { id: 5, user: 7, .. }));
     }
 }

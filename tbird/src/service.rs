@@ -26,6 +26,23 @@ pub const MAX_GET_TWEETS: usize = 1_000;
 /// The most tweets one `UserTweets` page may hold.
 pub const MAX_PAGE: u32 = 200;
 
+/// The metadata entry (sent as a trailer) of a failed `PostTweet` that may have stored part of
+/// its tweet: the id the server assigned, in decimal ASCII. Retrying with `PutTweet` and this
+/// id completes the tweet; retrying `PostTweet` would make a second one.
+pub const TWEET_ID_METADATA: &str = "tweet-id";
+
+/// Returns the id of the tweet a failed `PostTweet` may have partly stored, from its status
+/// ([`TWEET_ID_METADATA`]); `None` when the post stored nothing.
+pub fn partly_posted_id(status: &Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(TWEET_ID_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// The proxy T-Bird runs on.
 pub type TbirdProxy = Proxy<TbirdShard, TbirdWrite>;
 
@@ -59,6 +76,29 @@ fn shard_status(err: ShardError) -> Status {
 
 fn write_status(err: WriteError) -> Status {
     Status::unavailable(err.to_string())
+}
+
+/// Returns the status of a post whose writes failed after tweet `id` was assigned: some of
+/// them may have landed (on one replica, or only the timeline entry), so the status names the
+/// id, in the message and in [`TWEET_ID_METADATA`], for the caller to finish with `PutTweet`.
+fn partly_posted(id: u64, err: Status) -> Status {
+    let message = format!(
+        "tweet {id} may be partly stored: {}; retry with PutTweet and id {id} (another \
+         PostTweet would store a second tweet)",
+        err.message()
+    );
+    let mut status = Status::new(err.code(), message);
+    status
+        .metadata_mut()
+        .insert(TWEET_ID_METADATA, tonic::metadata::MetadataValue::from(id));
+    status
+}
+
+/// Returns the refusal of a `PutTweet` whose id holds other content.
+fn taken(id: u64) -> Status {
+    Status::already_exists(format!(
+        "tweet {id} already exists with other content (user, text or in_reply_to)"
+    ))
 }
 
 fn to_pb(tweet: Tweet) -> pb::Tweet {
@@ -171,7 +211,9 @@ impl TweetService {
             in_reply_to,
             deleted: false,
         };
-        self.store(&tweet).await?;
+        self.store(&tweet)
+            .await
+            .map_err(|err| partly_posted(tweet.id, err))?;
         Ok(Response::new(to_pb(tweet)))
     }
 
@@ -184,7 +226,38 @@ impl TweetService {
             .tweet
             .ok_or_else(|| Status::invalid_argument("tweet is missing"))?;
         let tweet = Tweet::new(t.id, t.user_id, t.text, t.in_reply_to).map_err(invalid)?;
+        // An id that already holds other content is refused before anything is written, so
+        // this caller's user never gets a timeline entry for someone else's tweet. The same
+        // content again is a retry (of a post that failed part-way, say) and goes through.
+        let stored = self.fetch(&[tweet.id]).await?.remove(&tweet.id);
+        if let Some(stored) = stored.filter(Tweet::has_content)
+            && !stored.same_content(&tweet)
+        {
+            return Err(taken(tweet.id));
+        }
         self.store(&tweet).await?;
+        // A concurrent put of other content may have passed the same check. Replicas only
+        // ever move to smaller content (Tweet::merge), so a replica showing content smaller
+        // than ours proves ours lost everywhere; larger content there means ours has not
+        // landed on it yet, and will win. The loser's timeline entry is withdrawn; reads of
+        // timelines skip tweets of other users anyway, for a race this read does not see.
+        let stored = self.fetch(&[tweet.id]).await?.remove(&tweet.id);
+        if let Some(winner) =
+            stored.filter(|s| s.has_content() && s.content_key() < tweet.content_key())
+        {
+            if winner.user_id != tweet.user_id {
+                let remove = TbirdWrite::RemoveFromTimeline {
+                    user_id: tweet.user_id,
+                    tweet_id: tweet.id,
+                };
+                self.proxy
+                    .writer
+                    .write(TIMELINES_TABLE, tweet.user_id, &remove)
+                    .await
+                    .map_err(write_status)?;
+            }
+            return Err(taken(tweet.id));
+        }
         Ok(Response::new(to_pb(tweet)))
     }
 
@@ -281,7 +354,8 @@ impl TweetService {
         let tweets = ids
             .iter()
             .filter_map(|id| found.get(id))
-            .filter(|t| !t.deleted)
+            // A tweet of another user is an entry a losing PutTweet of its id left behind.
+            .filter(|t| !t.deleted && t.user_id == user_id)
             .cloned()
             .map(to_pb)
             .collect();

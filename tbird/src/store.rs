@@ -3,9 +3,15 @@
 //! the shard's table prefix, and every row keeps its routing key's hash, so a hash range is a
 //! range scan for splits.
 //!
-//! Writes commute and repeat safely. A tweet's content never changes once stored; a delete is
-//! a tombstone that wins whenever it arrives: before the tweet (the tweet then fills in the
-//! content but stays deleted), after it, or twice.
+//! Writes commute and repeat safely: every write is a merge, and replicas that receive the
+//! same writes in any order, any number of times, end byte for byte identical. A delete is a
+//! tombstone that wins whenever it arrives: before the tweet (the tweet then fills in the
+//! content but stays deleted), after it, or twice. Two different contents for one id (two
+//! racing `PutTweet`s) meet a fixed rule rather than arrival order: the smaller
+//! `(user_id, text bytes, in_reply_to)` is kept ([`Tweet::merge`] is the rule; the SQL merges
+//! of both backends implement it). Timeline rows only ever gain a tombstone. Repair and
+//! copies write rows through the same merge, so repairing a difference makes both sides the
+//! merge of the two.
 
 use std::{
     ops::{Range, RangeInclusive},
@@ -281,6 +287,11 @@ impl TbirdShard {
     }
 
     /// The MySQL expression of a row's 64-bit digest; [`Row::digest`] computes the same.
+    ///
+    /// The digest is linear under XOR in its columns, and chunks fold rows with XOR, so
+    /// changes whose deltas cancel leave a chunk's checksum as it was: in one row, user 3 to
+    /// 2 together with in_reply_to 1 to none; or two tweets of one chunk both deleted on one
+    /// replica only. A diff does not see such a difference.
     fn digest_sql(&self) -> &'static str {
         match self.kind {
             // The columns are folded in as they are, without building a string: a third of
@@ -370,20 +381,41 @@ impl TbirdShard {
             Kind::Tweets => {
                 let values = vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
                 let update = if mysql {
-                    // Content is immutable: keep what is there, fill it in behind a tombstone.
-                    "ON DUPLICATE KEY UPDATE text = IF(user_id = 0, VALUES(text), text), \
-                     in_reply_to = IF(user_id = 0, VALUES(in_reply_to), in_reply_to), \
-                     deleted = GREATEST(deleted, VALUES(deleted)), \
-                     user_id = IF(user_id = 0, VALUES(user_id), user_id)"
-                        .to_owned()
+                    // MySQL runs the assignments left to right, each seeing the ones before,
+                    // so they go from the least significant column of the order to the most:
+                    // once a column took the new value, the comparison still holds for the
+                    // next one exactly when that one must change too (see Tweet::merge).
+                    let wins = Self::content_wins_sql(
+                        true,
+                        ("VALUES(user_id)", "VALUES(text)", "VALUES(in_reply_to)"),
+                        ("user_id", "text", "in_reply_to"),
+                    );
+                    format!(
+                        "ON DUPLICATE KEY UPDATE \
+                         in_reply_to = IF({wins}, VALUES(in_reply_to), in_reply_to), \
+                         text = IF({wins}, VALUES(text), text), \
+                         user_id = IF({wins}, VALUES(user_id), user_id), \
+                         deleted = GREATEST(deleted, VALUES(deleted))"
+                    )
                 } else {
+                    // SQLite evaluates every assignment against the row as it was.
+                    let wins = Self::content_wins_sql(
+                        false,
+                        ("excluded.user_id", "excluded.text", "excluded.in_reply_to"),
+                        (
+                            &format!("{table}.user_id"),
+                            &format!("{table}.text"),
+                            &format!("{table}.in_reply_to"),
+                        ),
+                    );
                     format!(
                         "ON CONFLICT(id) DO UPDATE SET \
-                         text = CASE WHEN {table}.user_id = 0 THEN excluded.text ELSE {table}.text END, \
-                         in_reply_to = CASE WHEN {table}.user_id = 0 THEN excluded.in_reply_to \
+                         in_reply_to = CASE WHEN {wins} THEN excluded.in_reply_to \
                          ELSE {table}.in_reply_to END, \
-                         deleted = MAX({table}.deleted, excluded.deleted), \
-                         user_id = CASE WHEN {table}.user_id = 0 THEN excluded.user_id ELSE {table}.user_id END"
+                         text = CASE WHEN {wins} THEN excluded.text ELSE {table}.text END, \
+                         user_id = CASE WHEN {wins} THEN excluded.user_id \
+                         ELSE {table}.user_id END, \
+                         deleted = MAX({table}.deleted, excluded.deleted)"
                     )
                 };
                 let sql = format!(
@@ -432,6 +464,30 @@ impl TbirdShard {
             }
         };
         Ok((sql, params))
+    }
+
+    /// Returns the SQL condition under which the incoming content (`new`: user, text and
+    /// reply columns) replaces the stored one (`old`), as [`Tweet::merge`] decides: the stored
+    /// row has no content (a tombstone that came first), or both have some and the incoming
+    /// `(user_id, text, in_reply_to)` is smaller. Text compares as bytes on both backends: on
+    /// MySQL through a cast to binary, since the column's `utf8mb4_bin` collation ignores
+    /// trailing spaces (PAD SPACE) and would call `"a"` and `"a "` equal; SQLite compares
+    /// text with memcmp. No reply is -1, below every id.
+    fn content_wins_sql(mysql: bool, new: (&str, &str, &str), old: (&str, &str, &str)) -> String {
+        // SQLite has no BINARY type; a BLOB compares with memcmp, as its text does.
+        let bytes = if mysql { "BINARY" } else { "BLOB" };
+        let text = |column: &str| format!("CAST({column} AS {bytes})");
+        format!(
+            "({old_user} = 0 OR ({new_user} <> 0 AND \
+             ({new_user}, {new_text}, IFNULL({new_reply}, -1)) < \
+             ({old_user}, {old_text}, IFNULL({old_reply}, -1))))",
+            new_user = new.0,
+            new_text = text(new.1),
+            new_reply = new.2,
+            old_user = old.0,
+            old_text = text(old.1),
+            old_reply = old.2,
+        )
     }
 
     /// Returns whether the table has its index on the routing hash.

@@ -81,6 +81,43 @@ impl Tweet {
     pub fn created_at_ms(&self) -> u64 {
         IdParts::decompose(self.id).map_or(0, |parts| parts.timestamp_ms)
     }
+
+    /// Returns whether the tweet carries content. A delete stored before its tweet arrived is
+    /// a tombstone without any: user 0, empty text (validation never lets user 0 in).
+    pub fn has_content(&self) -> bool {
+        self.user_id != 0
+    }
+
+    /// Returns the content's place in the merge order: `(user_id, text bytes, in_reply_to)`,
+    /// compared in that order, the text byte by byte (which for UTF-8 is code point order),
+    /// and no reply before any reply. Between two contents of one id the smaller is kept.
+    pub fn content_key(&self) -> (u64, &[u8], Option<u64>) {
+        (self.user_id, self.text.as_bytes(), self.in_reply_to)
+    }
+
+    /// Returns whether `self` and `other` carry the same content (deletion aside).
+    pub fn same_content(&self, other: &Tweet) -> bool {
+        self.content_key() == other.content_key()
+    }
+
+    /// Returns the merge of two stored versions of one tweet, as every replica's SQL merge
+    /// computes it: deleted if either is (a tombstone wins), and the content of the one that
+    /// has some, or of the smaller by [`Tweet::content_key`] when both do. The merge is
+    /// commutative, associative and idempotent (content is a join-semilattice with "no
+    /// content" as its bottom, deletion an OR), so replicas that receive the same writes in
+    /// any order and any number of times end with the same row.
+    pub fn merge(&self, other: &Tweet) -> Tweet {
+        let content = match (self.has_content(), other.has_content()) {
+            (true, false) => self,
+            (false, true) => other,
+            _ if other.content_key() < self.content_key() => other,
+            _ => self,
+        };
+        Tweet {
+            deleted: self.deleted || other.deleted,
+            ..content.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +149,52 @@ mod tests {
             validate_id("user_id", 1 << 63),
             Err(InvalidTweet::NotSnowflake { .. })
         ));
+    }
+
+    fn arb_tweet() -> impl proptest::strategy::Strategy<Value = Tweet> {
+        use proptest::prelude::*;
+        let text = prop::sample::select(vec!["", "a", "a ", "A", "ab", "é", "e\u{301}"]);
+        (0u64..3, text, proptest::option::of(1u64..3), any::<bool>()).prop_map(
+            |(user_id, text, in_reply_to, deleted)| Tweet {
+                id: 1,
+                user_id,
+                // A tombstone without content has an empty text, as deletes store it.
+                text: if user_id == 0 { "" } else { text }.to_owned(),
+                in_reply_to: in_reply_to.filter(|_| user_id != 0),
+                deleted,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merge_is_a_semilattice(a in arb_tweet(), b in arb_tweet(), c in arb_tweet()) {
+            proptest::prop_assert_eq!(a.merge(&b), b.merge(&a));
+            proptest::prop_assert_eq!(a.merge(&b).merge(&c), a.merge(&b.merge(&c)));
+            proptest::prop_assert_eq!(a.merge(&a), a.clone());
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_smaller_content_and_any_delete() {
+        let tweet = |user_id, text: &str| Tweet {
+            id: 1,
+            user_id,
+            text: text.into(),
+            in_reply_to: None,
+            deleted: false,
+        };
+        // Text compares byte by byte: a trailing space sorts after, "A" before "a".
+        assert_eq!(tweet(2, "a ").merge(&tweet(2, "a")).text, "a");
+        assert_eq!(tweet(2, "a").merge(&tweet(2, "A")).text, "A");
+        assert_eq!(tweet(3, "a").merge(&tweet(2, "b")).user_id, 2);
+        let tombstone = Tweet {
+            deleted: true,
+            ..tweet(0, "")
+        };
+        let merged = tombstone.merge(&tweet(5, "late"));
+        assert_eq!((merged.user_id, merged.text.as_str()), (5, "late"));
+        assert!(merged.deleted, "a delete that came first still wins");
     }
 
     #[test]

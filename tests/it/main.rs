@@ -3,13 +3,17 @@
 
 mod gizzard_cluster;
 mod gizzard_fencing;
+mod gizzard_kv_convergence;
 mod gizzard_nameserver;
+mod gizzard_queue_locks;
 mod gizzard_scheduler;
 mod gizzmo_cli;
 mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_coalesce;
+mod tbird_conflicts;
+mod tbird_convergence;
 mod tbird_dev;
 mod tbird_ids;
 mod tbird_ledger;

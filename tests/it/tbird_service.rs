@@ -24,6 +24,15 @@ async fn serve(
     hosts: Vec<(String, String)>,
     shutdown: &CancellationToken,
 ) -> TweetsClient<Channel> {
+    serve_proxy(nameserver_url, hosts, shutdown).await.0
+}
+
+/// [`serve`], also returning the proxy, for tests that write past the service.
+pub(crate) async fn serve_proxy(
+    nameserver_url: &str,
+    hosts: Vec<(String, String)>,
+    shutdown: &CancellationToken,
+) -> (TweetsClient<Channel>, Arc<TbirdProxy>) {
     use proto::gizzard::v1::shard_manager_server::ShardManager;
     let proxy: TbirdProxy = gizzard::server::Proxy::start(
         test_settings(nameserver_url),
@@ -51,7 +60,8 @@ async fn serve(
         0,
         1,
     )));
-    let service = TweetService::new(Arc::new(proxy), ids).into_server();
+    let proxy = Arc::new(proxy);
+    let service = TweetService::new(proxy.clone(), ids).into_server();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -63,9 +73,10 @@ async fn serve(
             .serve_with_incoming_shutdown(gizzard::server::incoming(listener), stop.cancelled())
             .await
     });
-    TweetsClient::connect(format!("http://{addr}"))
+    let client = TweetsClient::connect(format!("http://{addr}"))
         .await
-        .expect("connect")
+        .expect("connect");
+    (client, proxy)
 }
 
 fn text(t: &Tweet) -> String {

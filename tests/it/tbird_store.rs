@@ -379,7 +379,8 @@ async fn bulk_copies_keep_every_byte_and_merge_with_live_writes() {
         match row {
             // The delete wins; the copy fills in the content behind it.
             Row::Tweet(t) if t.id == live_delete => t.deleted = true,
-            // The live insert's content stays (content is immutable); the copy's delete wins.
+            // The live insert's content stays (user 5 sorts before the copy's user 6, so the
+            // merge keeps it); the copy's delete wins.
             Row::Tweet(t) if t.id == live_insert => {
                 assert!(t.deleted, "the source holds it deleted");
                 *t = Tweet {

@@ -1,6 +1,9 @@
 //! A small key-value application on Gizzard, so the framework's tests run on real tables:
-//! each key holds a value and a version; the higher version wins, and at equal versions a
-//! delete (tombstone) wins, so writes commute and repeat safely.
+//! each key holds a value and a version. Of two rows of one key the greater
+//! `(version, deleted, value bytes)` is kept: the higher version wins, at equal versions a
+//! delete (tombstone) wins, and between two different values of one version the one greater
+//! byte by byte wins. That is a total order, so the merge (its maximum) commutes and repeats
+//! safely: replicas that receive the same writes in any order end byte for byte identical.
 
 use std::ops::{Range, RangeInclusive};
 
@@ -25,6 +28,20 @@ pub struct KvRow {
 }
 
 impl KvRow {
+    /// Returns the row's place in the merge order; the greater of two rows of a key is kept.
+    pub fn merge_key(&self) -> (u64, bool, &[u8]) {
+        (self.version, self.deleted, self.value.as_bytes())
+    }
+
+    /// Returns the merge of two rows of one key, as both backends' SQL computes it.
+    pub fn merge(&self, other: &KvRow) -> KvRow {
+        if other.merge_key() > self.merge_key() {
+            other.clone()
+        } else {
+            self.clone()
+        }
+    }
+
     /// Returns the row's CRC32, computed the same way MySQL computes it in `checksum`.
     fn crc(&self) -> u64 {
         let text = format!(
@@ -136,33 +153,37 @@ impl KvShard {
         self.db.execute(sql, params).await.map_err(|e| self.err(e))
     }
 
-    /// Merges rows in one statement: the higher version wins, a tombstone wins a tie.
+    /// Merges rows in one statement, keeping the greater `(version, deleted, value bytes)` of
+    /// each key ([`KvRow::merge`]). Values compare as bytes on both backends: on MySQL through
+    /// a cast to binary, since a `_bin` collation ignores trailing spaces.
     async fn merge(&self, rows: &[KvRow]) -> Result<(), ShardError> {
         if rows.is_empty() {
             return Ok(());
         }
         let table = &self.table;
+        let values = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", ");
         let sql = match &self.db {
             Database::Mysql { .. } => {
-                let values = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", ");
-                // Assignments run left to right and see earlier ones: version goes last.
-                let wins = "(VALUES(version) > version OR (VALUES(version) = version AND VALUES(deleted) > deleted))";
+                // Assignments run left to right and see earlier ones, so they go from the least
+                // significant column of the order to the most: once a column took the new
+                // value, the comparison still holds for the next exactly when it must change.
+                let wins = "((VALUES(version), VALUES(deleted), CAST(VALUES(value) AS BINARY)) > \
+                            (version, deleted, CAST(value AS BINARY)))";
                 format!(
                     "INSERT INTO {table} (k, hash, version, value, deleted) VALUES {values} \
                      ON DUPLICATE KEY UPDATE value = IF({wins}, VALUES(value), value), \
                      deleted = IF({wins}, VALUES(deleted), deleted), \
-                     version = IF(VALUES(version) > version, VALUES(version), version)"
+                     version = IF({wins}, VALUES(version), version)"
                 )
             }
-            Database::Sqlite { .. } => {
-                let values = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(", ");
-                format!(
-                    "INSERT INTO {table} (k, hash, version, value, deleted) VALUES {values} \
-                     ON CONFLICT(k) DO UPDATE SET value = excluded.value, deleted = excluded.deleted, \
-                     version = excluded.version WHERE excluded.version > {table}.version \
-                     OR (excluded.version = {table}.version AND excluded.deleted > {table}.deleted)"
-                )
-            }
+            // SQLite compares text with memcmp, as a BLOB.
+            Database::Sqlite { .. } => format!(
+                "INSERT INTO {table} (k, hash, version, value, deleted) VALUES {values} \
+                 ON CONFLICT(k) DO UPDATE SET value = excluded.value, \
+                 deleted = excluded.deleted, version = excluded.version \
+                 WHERE (excluded.version, excluded.deleted, CAST(excluded.value AS BLOB)) > \
+                 ({table}.version, {table}.deleted, CAST({table}.value AS BLOB))"
+            ),
         };
         let mut params = Vec::with_capacity(rows.len() * 5);
         for row in rows {
@@ -195,7 +216,8 @@ impl PhysicalShard for KvShard {
         let sql = match &self.db {
             Database::Mysql { .. } => format!(
                 "CREATE TABLE IF NOT EXISTS {table} (k BIGINT NOT NULL PRIMARY KEY, \
-                 hash BIGINT NOT NULL, version BIGINT NOT NULL, value VARCHAR(1024) NOT NULL, \
+                 hash BIGINT NOT NULL, version BIGINT NOT NULL, \
+                 value VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
                  deleted BOOLEAN NOT NULL, KEY {table}_hash (hash)) ENGINE=InnoDB"
             ),
             Database::Sqlite { .. } => format!(

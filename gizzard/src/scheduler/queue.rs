@@ -20,7 +20,9 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    future::Future,
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -432,6 +434,30 @@ pub enum QueueError {
     },
 }
 
+/// The most tries of an operation that keeps hitting transient lock conflicts.
+const TRANSIENT_ATTEMPTS: u32 = 5;
+/// The pause after the first transient lock conflict; it doubles after each further one.
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(10);
+
+/// MySQL's "Deadlock found when trying to get lock" (SQLSTATE 40001): InnoDB rolled back the
+/// whole transaction.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+/// MySQL's "Lock wait timeout exceeded": the statement waited `innodb_lock_wait_timeout` for a
+/// row lock and was rolled back.
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// Returns whether `err` is a transient lock conflict: the server refused the statement only
+/// because of what other transactions held at that moment, so running the operation again
+/// from its start is safe and likely to succeed. Queue transactions meet them under load:
+/// claims, completions and enqueues touch the same index ranges in different orders.
+fn is_transient(err: &DbError) -> bool {
+    matches!(
+        err,
+        DbError::Mysql(mysql_async::Error::Server(e))
+            if e.code == ER_LOCK_DEADLOCK || e.code == ER_LOCK_WAIT_TIMEOUT
+    )
+}
+
 /// Maps the error of a read.
 fn read_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
     let action = action.into();
@@ -685,79 +711,23 @@ impl JobQueue {
             1 => format!("enqueue a {:?} job", jobs[0].job_type),
             n => format!("enqueue {n} jobs"),
         };
-        let jobs = jobs.to_vec();
-        match &self.db {
-            Database::Mysql { .. } => self
-                .db
-                .mysql(move |mut conn| async move {
-                    let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                    // A multi-row INSERT takes consecutive auto-increment values, `step` apart.
-                    let step = match jobs.len() {
-                        1 => Ok(1),
-                        _ => {
-                            let step: Option<Value> =
-                                tx.query_first("SELECT @@auto_increment_increment").await?;
-                            step.map_or(Ok(1), mysql_int)
-                        }
-                    };
-                    let step = match step {
-                        Ok(step) => u64::try_from(step.max(1)).unwrap_or(1),
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    let mut ids = Vec::with_capacity(jobs.len());
-                    for chunk in insert_chunks(&jobs) {
-                        let row =
-                            format!("(?, ?, ?, ?, 'ready', 0, {MYSQL_NOW_MS}, 0, {MYSQL_NOW_MS})");
-                        let sql = format!(
-                            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
-                             attempts, run_after_ms, lease_expires_ms, created_at_ms) VALUES {}",
-                            vec![row; chunk.len()].join(", ")
-                        );
-                        let mut params = Vec::with_capacity(chunk.len() * 4);
-                        for job in chunk {
-                            params.push(Value::Int(job.priority.code()));
-                            params.push(Value::from(job.job_type.as_str()));
-                            params.push(Value::Bytes(job.payload.clone()));
-                            params.push(job.shard.as_deref().map_or(Value::NULL, Value::from));
-                        }
-                        tx.exec_drop(sql, params).await?;
-                        let Some(first) = tx.last_insert_id() else {
-                            return Ok(Err(QueueError::BadRow("the insert reported no id".into())));
-                        };
-                        ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
+        let jobs = Arc::new(jobs.to_vec());
+        self.retrying(&action, |db| {
+            let jobs = jobs.clone();
+            async move {
+                match &db {
+                    Database::Mysql { .. } => {
+                        db.mysql(|conn| async move { mysql_enqueue(conn, &jobs).await })
+                            .await
                     }
-                    tx.commit().await?;
-                    Ok(Ok(ids))
-                })
-                .await
-                .map_err(write_err(action))?,
-            Database::Sqlite { .. } => self
-                .db
-                .sqlite(move |conn| {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let mut ids = Vec::with_capacity(jobs.len());
-                    {
-                        let mut insert = tx.prepare_cached(&format!(
-                            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
-                             attempts, run_after_ms, lease_expires_ms, created_at_ms) \
-                             VALUES (?, ?, ?, ?, 'ready', 0, {SQLITE_NOW_MS}, 0, {SQLITE_NOW_MS})"
-                        ))?;
-                        for job in &jobs {
-                            let id = insert.insert((
-                                job.priority.code(),
-                                &job.job_type,
-                                &job.payload,
-                                &job.shard,
-                            ))?;
-                            ids.push(u64::try_from(id).unwrap_or_default());
-                        }
+                    Database::Sqlite { .. } => {
+                        db.sqlite(move |conn| sqlite_enqueue(conn, &jobs)).await
                     }
-                    tx.commit()?;
-                    Ok(Ok(ids))
-                })
-                .await
-                .map_err(write_err(action))?,
-        }
+                }
+            }
+        })
+        .await
+        .map_err(write_err(action))?
     }
 
     /// Leases up to `limit` runnable jobs to `owner` for `lease` and returns them: ready jobs
@@ -776,135 +746,26 @@ impl JobQueue {
         }
         let lease_ms = millis(lease).max(1);
         let action = format!("claim jobs for {owner:?}");
-        let owner = owner.to_owned();
-        match &self.db {
-            Database::Mysql { .. } => self
-                .db
-                .mysql(move |mut conn| async move {
-                    // READ COMMITTED: rows that do not match are not left locked, and no gap
-                    // locks block enqueues.
-                    let mut opts = TxOpts::default();
-                    opts.with_isolation_level(IsolationLevel::ReadCommitted);
-                    let mut tx = conn.start_transaction(opts).await?;
-                    let now: Option<Value> =
-                        tx.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
-                    let paused: Vec<Value> = tx
-                        .query("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")
-                        .await?;
-                    let (now, paused) = match read_now_and_paused(now, paused) {
-                        Ok(read) => read,
-                        Err(e) => {
-                            tx.rollback().await?;
-                            return Ok(Err(e));
-                        }
-                    };
-                    let mut rows = Vec::new();
-                    for priority in Priority::ALL {
-                        let wanted = limit - rows.len();
-                        if wanted == 0 {
-                            break;
-                        }
-                        if paused.contains(&priority.code()) {
-                            continue;
-                        }
-                        let found: Vec<mysql_async::Row> = tx
-                            .exec(
-                                format!(
-                                    "SELECT {COLUMNS} FROM gizzard_jobs \
-                                     WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
-                                     AND lease_expires_ms <= ? \
-                                     ORDER BY run_after_ms, id LIMIT ? FOR UPDATE SKIP LOCKED"
-                                ),
-                                (priority.code(), now, now, wanted as u64),
-                            )
-                            .await?;
-                        rows.extend(found);
+        let owner: Arc<str> = owner.into();
+        self.retrying(&action, |db| {
+            let owner = owner.clone();
+            async move {
+                match &db {
+                    Database::Mysql { .. } => {
+                        db.mysql(
+                            |conn| async move { mysql_claim(conn, &owner, limit, lease_ms).await },
+                        )
+                        .await
                     }
-                    if rows.is_empty() {
-                        tx.rollback().await?;
-                        return Ok(Ok(Vec::new()));
+                    Database::Sqlite { .. } => {
+                        db.sqlite(move |conn| sqlite_claim(conn, &owner, limit, lease_ms))
+                            .await
                     }
-                    let raws = match rows
-                        .into_iter()
-                        .map(mysql_raw)
-                        .collect::<Result<Vec<_>, _>>()
-                    {
-                        Ok(raws) => raws,
-                        Err(e) => {
-                            tx.rollback().await?;
-                            return Ok(Err(e));
-                        }
-                    };
-                    let expires = now.saturating_add(lease_ms);
-                    // The ids are integers read back from the table, safe to inline.
-                    let ids: Vec<String> = raws.iter().map(|r| r.0.to_string()).collect();
-                    tx.exec_drop(
-                        format!(
-                            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? \
-                             WHERE id IN ({})",
-                            ids.join(", ")
-                        ),
-                        (&owner, expires),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(raws
-                        .into_iter()
-                        .map(|raw| claimed(raw, &owner, expires))
-                        .collect())
-                })
-                .await
-                .map_err(write_err(action))?,
-            Database::Sqlite { .. } => self
-                .db
-                .sqlite(move |conn| {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let now: i64 =
-                        tx.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
-                    let paused: BTreeSet<i64> = tx
-                        .prepare_cached(
-                            "SELECT priority FROM gizzard_queue_control WHERE paused <> 0",
-                        )?
-                        .query_map([], |row| row.get(0))?
-                        .collect::<Result<_, _>>()?;
-                    let mut raws = Vec::new();
-                    for priority in Priority::ALL {
-                        let wanted = limit - raws.len();
-                        if wanted == 0 {
-                            break;
-                        }
-                        if paused.contains(&priority.code()) {
-                            continue;
-                        }
-                        let mut select = tx.prepare_cached(&format!(
-                            "SELECT {COLUMNS} FROM gizzard_jobs \
-                             WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
-                             AND lease_expires_ms <= ? ORDER BY run_after_ms, id LIMIT ?"
-                        ))?;
-                        let found = select
-                            .query_map((priority.code(), now, now, wanted as i64), sqlite_raw)?
-                            .collect::<Result<Vec<_>, _>>()?;
-                        raws.extend(found);
-                    }
-                    let expires = now.saturating_add(lease_ms);
-                    {
-                        let mut update = tx.prepare_cached(
-                            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? \
-                             WHERE id = ?",
-                        )?;
-                        for raw in &raws {
-                            update.execute((&owner, expires, raw.0 as i64))?;
-                        }
-                    }
-                    tx.commit()?;
-                    Ok(raws
-                        .into_iter()
-                        .map(|raw| claimed(raw, &owner, expires))
-                        .collect())
-                })
-                .await
-                .map_err(write_err(action))?,
-        }
+                }
+            }
+        })
+        .await
+        .map_err(write_err(action))?
     }
 
     /// Deletes a finished job, provided its lease is still the caller's.
@@ -952,7 +813,7 @@ impl JobQueue {
         let (id, owner, error) = (job.id as i64, job.owner.clone(), truncate_error(error));
         let policy = self.policy.clone();
         // The rng is made here: it is not Send, and the decision needs the stored attempts.
-        let decide = move |attempts: i64| {
+        let decide: Arc<Decide> = Arc::new(move |attempts: i64| {
             let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
             let mut rng = rand::rng();
             if !counts {
@@ -971,72 +832,27 @@ impl JobQueue {
                     }
                 }
             }
-        };
-        let update = |now: &str| {
-            format!(
-                "UPDATE gizzard_jobs SET state = ?, attempts = ?, last_error = ?, \
-                 run_after_ms = {now} + ?, lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?"
-            )
-        };
-        let outcome = match &self.db {
-            Database::Mysql { .. } => {
-                let update = update(MYSQL_NOW_MS);
-                self.db
-                    .mysql(move |mut conn| async move {
-                        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                        let attempts: Option<Value> = tx
-                            .exec_first(
-                                "SELECT attempts FROM gizzard_jobs \
-                                 WHERE id = ? AND lease_owner = ? FOR UPDATE",
-                                (id, &owner),
-                            )
-                            .await?;
-                        let attempts = match attempts.map(mysql_int) {
-                            None => {
-                                tx.rollback().await?;
-                                return Ok(Ok(None));
-                            }
-                            Some(Err(e)) => {
-                                tx.rollback().await?;
-                                return Ok(Err(e));
-                            }
-                            Some(Ok(attempts)) => attempts,
-                        };
-                        let outcome = decide(attempts);
-                        tx.exec_drop(update, to_mysql(outcome_params(outcome, error, id)))
-                            .await?;
-                        tx.commit().await?;
-                        Ok(Ok(Some(outcome)))
-                    })
-                    .await
-                    .map_err(write_err(action))??
-            }
-            Database::Sqlite { .. } => {
-                let update = update(SQLITE_NOW_MS);
-                self.db
-                    .sqlite(move |conn| {
-                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                        let attempts: Option<i64> = tx
-                            .query_row(
-                                "SELECT attempts FROM gizzard_jobs \
-                                 WHERE id = ? AND lease_owner = ?",
-                                (id, &owner),
-                                |row| row.get(0),
-                            )
-                            .optional()?;
-                        let Some(attempts) = attempts else {
-                            return Ok(Ok(None));
-                        };
-                        let outcome = decide(attempts);
-                        let params = outcome_params(outcome, error, id);
-                        tx.execute(&update, rusqlite::params_from_iter(params))?;
-                        tx.commit()?;
-                        Ok(Ok(Some(outcome)))
-                    })
-                    .await
-                    .map_err(write_err(action))??
-            }
-        };
+        });
+        let outcome = self
+            .retrying(&action, |db| {
+                let (owner, error, decide) = (owner.clone(), error.clone(), decide.clone());
+                async move {
+                    match &db {
+                        Database::Mysql { .. } => {
+                            db.mysql(|conn| async move {
+                                mysql_fail(conn, id, &owner, error, &*decide).await
+                            })
+                            .await
+                        }
+                        Database::Sqlite { .. } => {
+                            db.sqlite(move |conn| sqlite_fail(conn, id, &owner, error, &*decide))
+                                .await
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(write_err(action))??;
         outcome.ok_or_else(|| QueueError::LeaseLost {
             id: job.id,
             owner: job.owner.clone(),
@@ -1292,10 +1108,51 @@ impl JobQueue {
         sql: String,
         params: Vec<Param>,
     ) -> Result<u64, QueueError> {
-        self.db
-            .execute(sql, params)
-            .await
-            .map_err(write_err(action))
+        self.retrying(&action, |db| {
+            let (sql, params) = (sql.clone(), params.clone());
+            async move { db.execute(sql, params).await }
+        })
+        .await
+        .map_err(write_err(action))
+    }
+
+    /// Runs `attempt`, one try of an operation on the queue's database, and runs it again
+    /// after a transient lock conflict ([`is_transient`]), pausing a jittered 10 ms, 20 ms,
+    /// 40 ms ... in between, at most [`TRANSIENT_ATTEMPTS`] tries in all. Every try gets what
+    /// is left of the one deadline the whole operation has ([`JobQueue::timeout`]), so a
+    /// retried operation ends no later than one that was not.
+    ///
+    /// Safe for every change here: the server rolled back the statement (lock wait timeout)
+    /// or the transaction (deadlock) that failed, a transaction a try leaves open is rolled
+    /// back before its connection is used again, and each try starts over from the first
+    /// statement. A timeout is never retried: the change may have been applied.
+    async fn retrying<T, F, Fut>(&self, action: &str, mut attempt: F) -> Result<T, DbError>
+    where
+        F: FnMut(Database) -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let deadline = self.db.timeout();
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_sub(started.elapsed());
+            let err = match attempt(self.db.with_timeout(left)).await {
+                Err(err) if is_transient(&err) => err,
+                // Reported against the operation's deadline, not what was left of it.
+                Err(DbError::Timeout(_)) => return Err(DbError::Timeout(deadline)),
+                result => return result,
+            };
+            let pause = jitter(
+                TRANSIENT_PAUSE.saturating_mul(1 << (tries - 1)),
+                &mut rand::rng(),
+            );
+            if tries >= TRANSIENT_ATTEMPTS || started.elapsed() + pause >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(action, error = %err, tries, "transient lock conflict; retrying");
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Runs a query whose rows are two integers.
@@ -1329,6 +1186,274 @@ impl JobQueue {
                 .map_err(read_err(action)),
         }
     }
+}
+
+/// Decides what a failed run does next, from the job's stored attempts.
+type Decide = dyn Fn(i64) -> FailOutcome + Send + Sync;
+
+/// One try of [`JobQueue::enqueue_many`] on MySQL: inserts `jobs` in one transaction.
+async fn mysql_enqueue(
+    mut conn: mysql_async::Conn,
+    jobs: &[NewJob],
+) -> Result<Result<Vec<u64>, QueueError>, mysql_async::Error> {
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    // A multi-row INSERT takes consecutive auto-increment values, `step` apart.
+    let step = match jobs.len() {
+        1 => Ok(1),
+        _ => {
+            let step: Option<Value> = tx.query_first("SELECT @@auto_increment_increment").await?;
+            step.map_or(Ok(1), mysql_int)
+        }
+    };
+    let step = match step {
+        Ok(step) => u64::try_from(step.max(1)).unwrap_or(1),
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut ids = Vec::with_capacity(jobs.len());
+    for chunk in insert_chunks(jobs) {
+        let row = format!("(?, ?, ?, ?, 'ready', 0, {MYSQL_NOW_MS}, 0, {MYSQL_NOW_MS})");
+        let sql = format!(
+            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
+             attempts, run_after_ms, lease_expires_ms, created_at_ms) VALUES {}",
+            vec![row; chunk.len()].join(", ")
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 4);
+        for job in chunk {
+            params.push(Value::Int(job.priority.code()));
+            params.push(Value::from(job.job_type.as_str()));
+            params.push(Value::Bytes(job.payload.clone()));
+            params.push(job.shard.as_deref().map_or(Value::NULL, Value::from));
+        }
+        tx.exec_drop(sql, params).await?;
+        let Some(first) = tx.last_insert_id() else {
+            return Ok(Err(QueueError::BadRow("the insert reported no id".into())));
+        };
+        ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
+    }
+    tx.commit().await?;
+    Ok(Ok(ids))
+}
+
+/// One try of [`JobQueue::enqueue_many`] on SQLite.
+fn sqlite_enqueue(
+    conn: &mut rusqlite::Connection,
+    jobs: &[NewJob],
+) -> rusqlite::Result<Result<Vec<u64>, QueueError>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut ids = Vec::with_capacity(jobs.len());
+    {
+        let mut insert = tx.prepare_cached(&format!(
+            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
+             attempts, run_after_ms, lease_expires_ms, created_at_ms) \
+             VALUES (?, ?, ?, ?, 'ready', 0, {SQLITE_NOW_MS}, 0, {SQLITE_NOW_MS})"
+        ))?;
+        for job in jobs {
+            let id =
+                insert.insert((job.priority.code(), &job.job_type, &job.payload, &job.shard))?;
+            ids.push(u64::try_from(id).unwrap_or_default());
+        }
+    }
+    tx.commit()?;
+    Ok(Ok(ids))
+}
+
+/// One try of [`JobQueue::claim`] on MySQL.
+async fn mysql_claim(
+    mut conn: mysql_async::Conn,
+    owner: &str,
+    limit: usize,
+    lease_ms: i64,
+) -> Result<Result<Vec<ClaimedJob>, QueueError>, mysql_async::Error> {
+    // READ COMMITTED: rows that do not match are not left locked, and no gap locks block
+    // enqueues.
+    let mut opts = TxOpts::default();
+    opts.with_isolation_level(IsolationLevel::ReadCommitted);
+    let mut tx = conn.start_transaction(opts).await?;
+    let now: Option<Value> = tx.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
+    let paused: Vec<Value> = tx
+        .query("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")
+        .await?;
+    let (now, paused) = match read_now_and_paused(now, paused) {
+        Ok(read) => read,
+        Err(e) => {
+            tx.rollback().await?;
+            return Ok(Err(e));
+        }
+    };
+    let mut rows = Vec::new();
+    for priority in Priority::ALL {
+        let wanted = limit - rows.len();
+        if wanted == 0 {
+            break;
+        }
+        if paused.contains(&priority.code()) {
+            continue;
+        }
+        let found: Vec<mysql_async::Row> = tx
+            .exec(
+                format!(
+                    "SELECT {COLUMNS} FROM gizzard_jobs \
+                     WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
+                     AND lease_expires_ms <= ? \
+                     ORDER BY run_after_ms, id LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+                (priority.code(), now, now, wanted as u64),
+            )
+            .await?;
+        rows.extend(found);
+    }
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(Ok(Vec::new()));
+    }
+    let raws = match rows
+        .into_iter()
+        .map(mysql_raw)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(raws) => raws,
+        Err(e) => {
+            tx.rollback().await?;
+            return Ok(Err(e));
+        }
+    };
+    let expires = now.saturating_add(lease_ms);
+    // The ids are integers read back from the table, safe to inline.
+    let ids: Vec<String> = raws.iter().map(|r| r.0.to_string()).collect();
+    tx.exec_drop(
+        format!(
+            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? WHERE id IN ({})",
+            ids.join(", ")
+        ),
+        (owner, expires),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(raws
+        .into_iter()
+        .map(|raw| claimed(raw, owner, expires))
+        .collect())
+}
+
+/// One try of [`JobQueue::claim`] on SQLite.
+fn sqlite_claim(
+    conn: &mut rusqlite::Connection,
+    owner: &str,
+    limit: usize,
+    lease_ms: i64,
+) -> rusqlite::Result<Result<Vec<ClaimedJob>, QueueError>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now: i64 = tx.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
+    let paused: BTreeSet<i64> = tx
+        .prepare_cached("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut raws = Vec::new();
+    for priority in Priority::ALL {
+        let wanted = limit - raws.len();
+        if wanted == 0 {
+            break;
+        }
+        if paused.contains(&priority.code()) {
+            continue;
+        }
+        let mut select = tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM gizzard_jobs \
+             WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
+             AND lease_expires_ms <= ? ORDER BY run_after_ms, id LIMIT ?"
+        ))?;
+        let found = select
+            .query_map((priority.code(), now, now, wanted as i64), sqlite_raw)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.extend(found);
+    }
+    let expires = now.saturating_add(lease_ms);
+    {
+        let mut update = tx.prepare_cached(
+            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? WHERE id = ?",
+        )?;
+        for raw in &raws {
+            update.execute((owner, expires, raw.0 as i64))?;
+        }
+    }
+    tx.commit()?;
+    Ok(raws
+        .into_iter()
+        .map(|raw| claimed(raw, owner, expires))
+        .collect())
+}
+
+/// The UPDATE that records a failed run, with the database clock `now`.
+fn fail_update(now: &str) -> String {
+    format!(
+        "UPDATE gizzard_jobs SET state = ?, attempts = ?, last_error = ?, \
+         run_after_ms = {now} + ?, lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?"
+    )
+}
+
+/// One try of [`JobQueue::fail`] on MySQL; `None` when `owner` no longer holds job `id`.
+async fn mysql_fail(
+    mut conn: mysql_async::Conn,
+    id: i64,
+    owner: &str,
+    error: String,
+    decide: &Decide,
+) -> Result<Result<Option<FailOutcome>, QueueError>, mysql_async::Error> {
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let attempts: Option<Value> = tx
+        .exec_first(
+            "SELECT attempts FROM gizzard_jobs WHERE id = ? AND lease_owner = ? FOR UPDATE",
+            (id, owner),
+        )
+        .await?;
+    let attempts = match attempts.map(mysql_int) {
+        None => {
+            tx.rollback().await?;
+            return Ok(Ok(None));
+        }
+        Some(Err(e)) => {
+            tx.rollback().await?;
+            return Ok(Err(e));
+        }
+        Some(Ok(attempts)) => attempts,
+    };
+    let outcome = decide(attempts);
+    tx.exec_drop(
+        fail_update(MYSQL_NOW_MS),
+        to_mysql(outcome_params(outcome, error, id)),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(Some(outcome)))
+}
+
+/// One try of [`JobQueue::fail`] on SQLite; `None` when `owner` no longer holds job `id`.
+fn sqlite_fail(
+    conn: &mut rusqlite::Connection,
+    id: i64,
+    owner: &str,
+    error: String,
+    decide: &Decide,
+) -> rusqlite::Result<Result<Option<FailOutcome>, QueueError>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let attempts: Option<i64> = tx
+        .query_row(
+            "SELECT attempts FROM gizzard_jobs WHERE id = ? AND lease_owner = ?",
+            (id, owner),
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(attempts) = attempts else {
+        return Ok(Ok(None));
+    };
+    let outcome = decide(attempts);
+    let params = outcome_params(outcome, error, id);
+    tx.execute(
+        &fail_update(SQLITE_NOW_MS),
+        rusqlite::params_from_iter(params),
+    )?;
+    tx.commit()?;
+    Ok(Ok(Some(outcome)))
 }
 
 /// Parameters of the failure UPDATE: state, attempts, last_error, delay, id.
@@ -1463,6 +1588,120 @@ mod tests {
         let cut = truncate_error(&error);
         assert!(cut.len() <= MAX_ERROR + "…".len());
         assert!(cut.ends_with('…'));
+    }
+
+    fn server_error(code: u16) -> DbError {
+        DbError::Mysql(mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: format!("error {code}"),
+            state: "HY000".into(),
+        }))
+    }
+
+    #[test]
+    fn deadlocks_and_lock_wait_timeouts_are_transient_and_nothing_else_is() {
+        assert!(is_transient(&server_error(1213)), "deadlock");
+        assert!(is_transient(&server_error(1205)), "lock wait timeout");
+        // A duplicate key, a missing table, a refused login: the data or the setup is wrong,
+        // and running the statement again changes nothing.
+        for code in [1062, 1146, 1045] {
+            assert!(!is_transient(&server_error(code)), "{code}");
+        }
+        // A deadline that passed may have let the change through: never run again blindly.
+        assert!(!is_transient(&DbError::Timeout(Duration::from_secs(5))));
+        let broken = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::other(
+            "connection reset",
+        )));
+        assert!(!is_transient(&DbError::Mysql(broken)));
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(!is_transient(&DbError::Sqlite(busy)));
+    }
+
+    /// A queue whose statements the tests script themselves, with a deadline of `timeout`.
+    async fn scripted_queue(dir: &tempfile::TempDir, timeout: Duration) -> JobQueue {
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        JobQueue {
+            db: Database::open_lazy(&url, timeout).await.expect("open"),
+            policy: RetryPolicy::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_conflicts_are_retried_until_the_operation_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = scripted_queue(&dir, Duration::from_secs(5)).await;
+        let mut tries = 0;
+        let result = queue
+            .retrying("test", |_db| {
+                tries += 1;
+                let code = [1213, 1205, 0][tries - 1];
+                async move {
+                    match code {
+                        0 => Ok(tries),
+                        code => Err(server_error(code)),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(result.expect("third try succeeds"), 3);
+    }
+
+    #[tokio::test]
+    async fn other_errors_and_endless_conflicts_are_not_retried_forever() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = scripted_queue(&dir, Duration::from_secs(5)).await;
+        let mut tries = 0;
+        let result: Result<(), _> = queue
+            .retrying("test", |_db| {
+                tries += 1;
+                async { Err(server_error(1062)) }
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(tries, 1, "a duplicate key is not retried");
+
+        let mut tries = 0;
+        let result: Result<(), _> = queue
+            .retrying("test", |_db| {
+                tries += 1;
+                async { Err(server_error(1213)) }
+            })
+            .await;
+        assert!(is_transient(&result.expect_err("keeps failing")));
+        assert_eq!(tries, TRANSIENT_ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn retries_stay_within_the_operation_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deadline = Duration::from_millis(100);
+        let queue = scripted_queue(&dir, deadline).await;
+        let started = std::time::Instant::now();
+        let mut budgets = Vec::new();
+        let result: Result<(), _> = queue
+            .retrying("test", |db| {
+                budgets.push(db.timeout());
+                // Each try waits 40 ms for a lock, then gives up, as a lock wait would.
+                async {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    Err(server_error(1205))
+                }
+            })
+            .await;
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < deadline + Duration::from_millis(50),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(budgets.len() >= 2, "retried at least once: {budgets:?}");
+        assert!(
+            budgets.windows(2).all(|w| w[1] < w[0]),
+            "each try gets what is left of the deadline: {budgets:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! What callers of the tweet service see when ids collide or a post fails part-way: a
+//! `PutTweet` of a taken id is refused with ALREADY_EXISTS and touches no timeline, the same
+//! content again is fine, racing puts of one id leave exactly one winner whose user alone
+//! lists the tweet, and a post that fails after its id was assigned names that id so that
+//! `PutTweet` can finish it without making a second tweet.
+
+use std::{sync::Arc, time::Duration};
+
+use gizzard::shards::PhysicalShard;
+use proto::tbird::v1::{
+    GetTweetRequest, PostTweetRequest, PutTweetRequest, Tweet, UserTweetsRequest,
+    tweets_client::TweetsClient,
+};
+use tbird::{
+    service::{TbirdProxy, partly_posted_id},
+    store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdWrite},
+};
+use tests::tweets::TweetCluster;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, transport::Channel};
+
+use crate::tbird_service::serve_proxy;
+
+type Client = TweetsClient<Channel>;
+
+fn tweet(id: u64, user_id: u64, text: &str, in_reply_to: Option<u64>) -> Tweet {
+    Tweet {
+        id,
+        user_id,
+        text: text.as_bytes().to_vec(),
+        in_reply_to,
+        ..Tweet::default()
+    }
+}
+
+async fn put(client: &mut Client, tweet: &Tweet) -> Result<Tweet, Status> {
+    let request = PutTweetRequest {
+        tweet: Some(tweet.clone()),
+    };
+    client.put_tweet(request).await.map(|r| r.into_inner())
+}
+
+/// Returns the ids `user_id`'s timeline lists, newest first.
+async fn timeline(client: &mut Client, user_id: u64) -> Vec<u64> {
+    let request = UserTweetsRequest {
+        user_id,
+        max_id: None,
+        limit: 200,
+    };
+    let page = client.user_tweets(request).await.expect("timeline");
+    page.into_inner().tweets.iter().map(|t| t.id).collect()
+}
+
+async fn stored(client: &mut Client, id: u64) -> Tweet {
+    client
+        .get_tweet(GetTweetRequest { id })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+async fn taken_ids(mut client: Client, proxy: Arc<TbirdProxy>) {
+    let id = (1 << 40) | 1;
+    let mine = tweet(id, 1, "mine", None);
+    put(&mut client, &mine).await.expect("first put");
+    put(&mut client, &mine)
+        .await
+        .expect("the same content again is a retry, and fine");
+
+    // Any other content for the id is refused, the id named, whichever way it sorts.
+    let others = [
+        tweet(id, 2, "theirs", None),
+        tweet(id, 1, "mine, edited", None),
+        tweet(id, 1, "mine", Some(3)),
+        tweet(id, 1, "mine ", None),
+        tweet(id, 1, "Mine", None),
+    ];
+    for other in &others {
+        let status = put(&mut client, other).await.expect_err("taken id");
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+        assert!(
+            status.message().contains(&id.to_string()),
+            "names the id: {}",
+            status.message()
+        );
+    }
+    let got = stored(&mut client, id).await;
+    assert_eq!((got.user_id, &got.text[..]), (1, &b"mine"[..]));
+    assert_eq!(timeline(&mut client, 1).await, [id]);
+    assert!(
+        timeline(&mut client, 2).await.is_empty(),
+        "the refused user's timeline gained nothing"
+    );
+
+    // A timeline entry pointing at another user's tweet (left by a put that lost a race
+    // before it could see so) is not listed.
+    proxy
+        .writer
+        .write(
+            TIMELINES_TABLE,
+            3,
+            &TbirdWrite::AddToTimeline {
+                user_id: 3,
+                tweet_id: id,
+            },
+        )
+        .await
+        .expect("stray entry");
+    assert!(timeline(&mut client, 3).await.is_empty());
+
+    // Racing puts of one id by two users: exactly one call succeeds, the stored tweet is
+    // its content, and only its user's timeline lists the id.
+    for n in 0..8u64 {
+        let id = (2 << 40) | n;
+        let (a, b) = (
+            tweet(id, 10 + n, "zz racing", None),
+            tweet(id, 20 + n, "aa racing", None),
+        );
+        let (mut ca, mut cb) = (client.clone(), client.clone());
+        let (ra, rb) = tokio::join!(put(&mut ca, &a), put(&mut cb, &b));
+        let (winner, loser) = match (&ra, &rb) {
+            (Ok(_), Err(s)) if s.code() == Code::AlreadyExists => (&a, &b),
+            (Err(s), Ok(_)) if s.code() == Code::AlreadyExists => (&b, &a),
+            _ => panic!("race {n}: expected one winner: {ra:?} {rb:?}"),
+        };
+        let got = stored(&mut client, id).await;
+        assert_eq!(
+            (got.user_id, &got.text),
+            (winner.user_id, &winner.text),
+            "race {n}"
+        );
+        assert!(timeline(&mut client, winner.user_id).await.contains(&id));
+        assert!(
+            !timeline(&mut client, loser.user_id).await.contains(&id),
+            "race {n}: the loser's timeline does not list the winner's tweet"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tweet_of_a_taken_id_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let hosts = vec![("a".to_owned(), url("a.db")), ("b".to_owned(), url("b.db"))];
+    let shutdown = CancellationToken::new();
+    let (client, proxy) = serve_proxy(&url("ns.db"), hosts, &shutdown).await;
+    taken_ids(client, proxy).await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tweet_of_a_taken_id_on_mariadb() {
+    let servers = tests::MariaDb::start_many(3).await.expect("mariadb");
+    let nameserver = servers[0]
+        .create_database("gizzard")
+        .await
+        .expect("nameserver db");
+    let mut hosts = Vec::new();
+    for (i, server) in servers[1..].iter().enumerate() {
+        hosts.push((
+            format!("h{i}"),
+            server.create_database("tbird").await.expect("shard db"),
+        ));
+    }
+    let shutdown = CancellationToken::new();
+    let (client, proxy) = serve_proxy(&nameserver, hosts, &shutdown).await;
+    taken_ids(client, proxy).await;
+    shutdown.cancel();
+}
+
+/// A post whose second replica and job queue are both down is stored on the first replica
+/// only, and fails: its status names the tweet's id (message and `tweet-id` metadata). Once
+/// they are back, `PutTweet` with that id finishes the tweet on both replicas, and the user
+/// has one tweet, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_fails_part_way_names_its_id_for_put_tweet() {
+    let (mut cluster, server) = TweetCluster::start(2, 2, 4).await;
+    let mut client = Client::connect(format!("http://{}", server.tweets))
+        .await
+        .expect("connect");
+    let user_id = 77;
+    let post = PostTweetRequest {
+        user_id,
+        text: b"half a tweet".to_vec(),
+        in_reply_to: None,
+    };
+
+    cluster.hosts[1].kill();
+    cluster.nameserver.kill();
+    let status = client
+        .post_tweet(post.clone())
+        .await
+        .expect_err("no replica of h1 and no queue: the post cannot be made durable");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = partly_posted_id(&status).expect("the status names the id in tweet-id");
+    assert!(
+        status
+            .message()
+            .contains(&format!("tweet {id} may be partly stored"))
+            && status.message().contains("PutTweet"),
+        "{}",
+        status.message()
+    );
+
+    cluster
+        .nameserver
+        .restart()
+        .await
+        .expect("restart nameserver");
+    cluster.hosts[1].restart().await.expect("restart h1");
+    // h0 took the tweet, h1 never did: partly stored, with no retry job to finish it.
+    let tree = server
+        .proxy
+        .router
+        .tree(TWEETS_TABLE, id)
+        .await
+        .expect("route");
+    let plan = tree.write_plan();
+    let mut held = Vec::new();
+    for leaf in &plan.leaves {
+        let rows = leaf.shard.get_tweets(&[id]).await.expect("read a replica");
+        held.push((leaf.id.hostname.clone(), rows.len()));
+    }
+    held.sort();
+    assert_eq!(held, [("h0".to_owned(), 1), ("h1".to_owned(), 0)]);
+
+    // The retry the status asks for. The proxy may need a moment to reach the restarted
+    // servers again; until then PutTweet fails, and repeating it is safe.
+    let finished = tweet(id, user_id, "half a tweet", None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match put(&mut client, &finished).await {
+            Ok(_) => break,
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%status, "put not through yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("PutTweet never went through: {status:?}"),
+        }
+    }
+    for leaf in &plan.leaves {
+        let rows = leaf.shard.get_tweets(&[id]).await.expect("read a replica");
+        assert_eq!(rows.len(), 1, "{} holds the tweet", leaf.id);
+        assert_eq!(rows[0].text, "half a tweet");
+    }
+    drop(plan);
+    let got = stored(&mut client, id).await;
+    assert_eq!(
+        (got.user_id, &got.text[..]),
+        (user_id, &b"half a tweet"[..])
+    );
+    assert_eq!(
+        timeline(&mut client, user_id).await,
+        [id],
+        "one tweet, not two"
+    );
+    // Every timeline row of the user, on every replica, is that one tweet's.
+    let lines = server
+        .proxy
+        .router
+        .tree(TIMELINES_TABLE, user_id)
+        .await
+        .expect("route");
+    for leaf in &lines.write_plan().leaves {
+        let rows = leaf.shard.read_page(None, 1_000, None).await.expect("rows");
+        assert_eq!(rows.len(), 1, "{}: {rows:?}", leaf.id);
+    }
+    server.shutdown.cancel();
+}

@@ -5,22 +5,27 @@
 //! queue, and the next statement to finish takes all of them (up to [`MAX_BATCH`]) into one
 //! multi-row statement ([`WriteOp::apply_batch`]).
 //!
-//! Statements run in spawned tasks, so a caller that gives up (a cancelled RPC) never strands
-//! the writes batched with its own. Each caller still waits at most the leaf deadline, and
-//! every write of a failed statement gets the statement's error: the writer queues a retry for
-//! each, exactly as for a write sent alone.
+//! Statements run in spawned tasks, so a caller that gives up (a cancelled RPC, or a writer
+//! that stopped waiting at the leaf's hedge) never strands the writes batched with its own,
+//! and a write whose caller gave up before its statement went out is not sent. Each caller
+//! still waits at most the leaf deadline, and every write of a failed statement gets the
+//! statement's error: the writer queues a retry for each, exactly as for a write sent alone.
+//!
+//! The leaf's health ([`super::health`]) sees each statement in flight, so a leaf that stops
+//! answering is suspect as soon as it owes an answer for longer than its hedge, and each
+//! caller's wait for an applied write, which is the latency the hedge is derived from.
 
 use std::{
     collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{Leaf, PhysicalShard, ShardError, WriteOp};
+use super::{Leaf, PhysicalShard, ShardError, WriteOp, health::Op};
 use crate::nameserver::ShardId;
 
 /// The most writes one statement carries: bounds the statement's size and its time in the
@@ -54,6 +59,8 @@ struct QueueState<W> {
 /// A queued write and where its result goes.
 struct Pending<W> {
     op: W,
+    /// Sent even to a suspect leaf: a probe, or a write with no healthy leaf to go to.
+    probe: bool,
     done: oneshot::Sender<Result<(), ShardError>>,
 }
 
@@ -65,7 +72,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn suspect<S>(leaf: &Leaf<S>) -> ShardError {
     ShardError::Unavailable {
         shard: leaf.id.to_string(),
-        reason: "failing; retried from the queue".into(),
+        reason: "suspect (failing or not answering); retried from the queue".into(),
     }
 }
 
@@ -79,18 +86,25 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
     }
 
     /// Applies `op` to `leaf`, alone or with other writes to the same leaf, within the leaf
-    /// deadline. A suspect leaf is not tried: its write goes straight to the retry queue, so a
-    /// dead replica does not slow every write down.
-    pub(super) async fn apply(&self, leaf: &Leaf<S>, op: &W) -> Result<(), ShardError> {
-        if leaf.health.is_suspect() {
+    /// deadline. A suspect leaf is not tried unless `probe` is set: its write goes straight to
+    /// the retry queue, so a dead replica does not slow every write down.
+    pub(super) async fn apply(
+        &self,
+        leaf: &Leaf<S>,
+        op: &W,
+        probe: bool,
+    ) -> Result<(), ShardError> {
+        if !probe && leaf.health.is_suspect() {
             return Err(suspect(leaf));
         }
+        let started = Instant::now();
         let queue = self.queue(leaf);
         let (done, result) = oneshot::channel();
         let start = {
             let mut state = lock(&queue.state);
             state.pending.push_back(Pending {
                 op: op.clone(),
+                probe,
                 done,
             });
             let free = state.running < MAX_IN_FLIGHT;
@@ -102,7 +116,12 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
         }
         // The deadline counts from here, so time spent queued counts as time on the leaf.
         match tokio::time::timeout(self.leaf_timeout, result).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                if result.is_ok() {
+                    leaf.health.record(Op::Write, started.elapsed());
+                }
+                result
+            }
             Ok(Err(_)) => Err(ShardError::Unavailable {
                 shard: leaf.id.to_string(),
                 reason: "the write's statement was dropped".into(),
@@ -166,13 +185,14 @@ impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
     /// would have: one success clears it, and each write of a failed batch counts a failure.
     async fn apply(&self, batch: &[Pending<W>], leaf_timeout: Duration) -> Result<(), ShardError> {
         let leaf = &self.leaf;
-        // The leaf may have turned suspect while these writes waited.
-        if leaf.health.is_suspect() {
+        // The leaf may have turned suspect while these writes waited; a probe goes anyway.
+        if leaf.health.is_suspect() && !batch.iter().any(|p| p.probe) {
             return Err(suspect(leaf));
         }
         let ops: Vec<&W> = batch.iter().map(|p| &p.op).collect();
         // A panicking write must not take the slot with it: it fails its batch instead.
         let statement = AssertUnwindSafe(W::apply_batch(&ops, &leaf.shard)).catch_unwind();
+        let in_flight = leaf.health.start();
         let result = match tokio::time::timeout(leaf_timeout, statement).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ShardError::Query {
@@ -185,18 +205,23 @@ impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
             }),
         };
         match &result {
-            Ok(()) => leaf.health.succeeded(),
+            Ok(()) => {
+                in_flight.answered();
+                leaf.health.succeeded();
+            }
             Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
+                drop(in_flight);
                 batch.iter().for_each(|_| leaf.health.failed());
             }
-            Err(_) => {}
+            // The host answered, with an error of its own: alive, just not willing.
+            Err(_) => in_flight.answered(),
         }
         result
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{
         ops::{Range, RangeInclusive},
         sync::atomic::{AtomicBool, Ordering},
@@ -209,10 +234,26 @@ mod tests {
 
     /// A shard that records each statement's writes and finishes a statement only when the
     /// test hands out a permit.
-    struct Gated {
+    pub(in crate::shards) struct Gated {
         statements: Mutex<Vec<Vec<u64>>>,
-        gate: Semaphore,
+        pub(in crate::shards) gate: Semaphore,
         fail: AtomicBool,
+    }
+
+    impl Gated {
+        /// Returns a shard whose gate is closed.
+        pub(in crate::shards) fn new() -> Self {
+            Self {
+                statements: Mutex::new(Vec::new()),
+                gate: Semaphore::new(0),
+                fail: AtomicBool::new(false),
+            }
+        }
+
+        /// Returns how many statements have started on the shard.
+        pub(in crate::shards) fn started(&self) -> usize {
+            lock(&self.statements).len()
+        }
     }
 
     impl PhysicalShard for Gated {
@@ -269,7 +310,7 @@ mod tests {
     }
 
     #[derive(Clone, serde::Serialize, serde::Deserialize)]
-    struct Put(u64);
+    pub(in crate::shards) struct Put(pub(in crate::shards) u64);
 
     impl WriteOp<Gated> for Put {
         const JOB_TYPE: &'static str = "test.put";
@@ -300,11 +341,7 @@ mod tests {
         fn new() -> Self {
             let leaf = Leaf {
                 id: "h/t_0".parse().expect("shard id"),
-                shard: Arc::new(Gated {
-                    statements: Mutex::new(Vec::new()),
-                    gate: Semaphore::new(0),
-                    fail: AtomicBool::new(false),
-                }),
+                shard: Arc::new(Gated::new()),
                 health: Arc::new(LeafHealth::default()),
             };
             // Generous: these tests are about batching, never about the deadline.
@@ -314,7 +351,7 @@ mod tests {
 
         fn write(&self, key: u64) -> tokio::task::JoinHandle<Result<(), ShardError>> {
             let (writes, leaf) = (self.writes.clone(), self.leaf.clone());
-            tokio::spawn(async move { writes.apply(&leaf, &Put(key)).await })
+            tokio::spawn(async move { writes.apply(&leaf, &Put(key), false).await })
         }
 
         fn statements(&self) -> Vec<Vec<u64>> {

@@ -3,13 +3,15 @@
 //! - [`node`]: the runtime tree ([`Node`]): which leaves a read tries, in what order, and
 //!   which leaves a write goes to, per node type (Replicating, ReadOnly, WriteOnly, Blocked,
 //!   BlackHole, leaf).
-//! - [`health`]: failure accrual, so a dead replica is tried last instead of costing every
-//!   read a timeout.
+//! - [`health`]: each leaf's recent latency, its hedge (how long a caller with its answer
+//!   elsewhere waits for it) and suspicion, so a dead or frozen replica is read last and
+//!   written through the retry queue instead of costing every caller a deadline.
 //! - [`registry`]: the application's physical shard types by class name.
 //! - [`router`]: builds trees from the current routing snapshot, keeping one physical shard
 //!   per leaf and one connection pool per host across reloads.
-//! - [`write`]: the write path: apply a write to every writable leaf in parallel, store a
-//!   retry job for each leaf that failed, and run those jobs.
+//! - [`write`]: the write path: apply a write to every writable leaf in parallel (hedged once
+//!   a readable leaf applied it), store a retry job for each leaf that failed or was left
+//!   behind, and run those jobs.
 //! - [`retire`]: the sweep that fences a deleted leaf's tables once no server can route to it,
 //!   and drops them after a grace period.
 //! - [`coalesce`]: group commit: concurrent writes to one leaf share multi-row statements.

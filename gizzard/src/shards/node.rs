@@ -8,12 +8,20 @@
 //! | Blocked | refused | refused (retried later) |
 //! | BlackHole | nothing there | dropped |
 //! | leaf | the physical table | the physical table |
+//!
+//! A read is hedged: when the leaf it tried first has not answered within that leaf's hedge
+//! ([`LeafHealth::hedge`]), the next leaf in read order is tried too, and the first success
+//! wins, so a hung replica costs a read its hedge rather than its deadline.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Instant};
 
+use futures::{StreamExt, stream::FuturesUnordered};
 use rand::Rng;
 
-use super::{ShardError, health::LeafHealth};
+use super::{
+    ShardError,
+    health::{LeafHealth, MAX_HEDGE, Op},
+};
 use crate::nameserver::ShardId;
 
 /// A physical shard in a tree, with the health record shared by every tree holding it.
@@ -64,6 +72,9 @@ pub enum Node<S> {
 pub struct WritePlan<'a, S> {
     /// Leaves to write now.
     pub leaves: Vec<&'a Leaf<S>>,
+    /// For each of `leaves`, whether reads may go to it (it is not only behind a WriteOnly
+    /// node or a link of weight 0): a write is visible once one of those has it.
+    pub serves_reads: Vec<bool>,
     /// Leaves behind a ReadOnly or Blocked node: each gets a retry job.
     pub refused: Vec<(&'a Leaf<S>, ShardError)>,
 }
@@ -118,8 +129,9 @@ impl<S> Node<S> {
                 shard: self.id().to_string(),
             }));
         }
-        // Stable: healthy leaves keep their random order, suspect ones move to the back.
-        order.sort_by_key(|leaf| leaf.health.is_suspect());
+        // Stable: healthy leaves keep their random order, suspect ones move to the back. Each
+        // is asked once: a stall is judged by the clock, and a key must not change mid-sort.
+        order.sort_by_cached_key(|leaf| leaf.health.is_suspect());
         Ok(order)
     }
 
@@ -152,21 +164,21 @@ impl<S> Node<S> {
     pub fn write_plan(&self) -> WritePlan<'_, S> {
         let mut plan = WritePlan {
             leaves: Vec::new(),
+            serves_reads: Vec::new(),
             refused: Vec::new(),
         };
-        self.collect_writes(&mut plan);
-        dedup(&mut plan.leaves);
+        self.collect_writes(true, &mut plan);
         plan
     }
 
-    fn collect_writes<'a>(&'a self, plan: &mut WritePlan<'a, S>) {
+    fn collect_writes<'a>(&'a self, read: bool, plan: &mut WritePlan<'a, S>) {
         match self {
             Self::Replicating { children, .. } => {
                 children
                     .iter()
-                    .for_each(|(_, child)| child.collect_writes(plan));
+                    .for_each(|(weight, child)| child.collect_writes(read && *weight > 0, plan));
             }
-            Self::WriteOnly { child, .. } => child.collect_writes(plan),
+            Self::WriteOnly { child, .. } => child.collect_writes(false, plan),
             Self::ReadOnly { id, child } | Self::Blocked { id, child } => {
                 let reason = if matches!(self, Self::ReadOnly { .. }) {
                     "read-only"
@@ -182,40 +194,98 @@ impl<S> Node<S> {
                 }
             }
             Self::BlackHole { .. } => {}
-            Self::Leaf(leaf) => plan.leaves.push(leaf),
+            // A leaf reached twice (a DAG) is written once, and read if either path reads it.
+            Self::Leaf(leaf) => match plan.leaves.iter().position(|l| l.id == leaf.id) {
+                Some(i) => plan.serves_reads[i] |= read,
+                None => {
+                    plan.leaves.push(leaf);
+                    plan.serves_reads.push(read);
+                }
+            },
         }
     }
 
-    /// Runs a read on the leaves in read order until one succeeds. Unreachable leaves count
-    /// towards failure accrual; every failure moves on to the next leaf.
+    /// Runs a read on the leaves in read order until one succeeds. A leaf that has not
+    /// answered within its hedge gets company: the next leaf is tried too, and whichever
+    /// succeeds first answers. A failure moves on to the next leaf at once. Unreachable
+    /// leaves count towards failure accrual, and a leaf left behind at its hedge while it owes
+    /// answers is marked suspect.
     pub async fn read<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ShardError>
     where
         F: Fn(&'a Leaf<S>) -> Fut,
         Fut: Future<Output = Result<T, ShardError>>,
     {
         let order = self.read_order(&mut rand::rng())?;
+        let attempt = |leaf: &'a Leaf<S>, started: Instant| {
+            let in_flight = leaf.health.start();
+            let read = op(leaf);
+            async move { (leaf, started, in_flight, read.await) }
+        };
+        let mut running = FuturesUnordered::new();
+        // The leaf started last, and when: the next one starts at its hedge.
+        let mut last = (order[0], Instant::now());
+        running.push(attempt(last.0, last.1));
+        let mut next = 1;
         let mut last_err = None;
-        for leaf in order {
-            match op(leaf).await {
-                Ok(value) => {
-                    leaf.health.succeeded();
-                    return Ok(value);
+        loop {
+            let hedge_at = (next < order.len())
+                .then(|| last.1 + last.0.health.hedge(Op::Read, MAX_HEDGE))
+                .map(tokio::time::Instant::from_std);
+            let finished = tokio::select! {
+                finished = running.next() => finished,
+                () = sleep_until(hedge_at) => {
+                    last.0.health.overdue(last.1);
+                    tracing::debug!(shard = %last.0.id,
+                        "read past its hedge; trying the next replica too");
+                    None
                 }
-                Err(err) => {
-                    if matches!(
-                        err,
-                        ShardError::Unavailable { .. } | ShardError::Timeout { .. }
-                    ) {
-                        leaf.health.failed();
+            };
+            if let Some((leaf, started, in_flight, result)) = finished {
+                match result {
+                    Ok(value) => {
+                        in_flight.answered();
+                        leaf.health.record(Op::Read, started.elapsed());
+                        leaf.health.succeeded();
+                        return Ok(value);
                     }
-                    tracing::debug!(shard = %leaf.id, error = %err, "read failed; trying the next replica");
-                    last_err = Some(err);
+                    Err(err) => {
+                        if matches!(
+                            err,
+                            ShardError::Unavailable { .. } | ShardError::Timeout { .. }
+                        ) {
+                            drop(in_flight);
+                            leaf.health.failed();
+                        } else {
+                            in_flight.answered();
+                        }
+                        tracing::debug!(shard = %leaf.id, error = %err,
+                            "read failed; trying the next replica");
+                        last_err = Some(err);
+                    }
                 }
             }
+            // Past the hedge, or failed: the next leaf, if any.
+            let Some(&leaf) = order.get(next) else {
+                if running.is_empty() {
+                    break;
+                }
+                continue;
+            };
+            last = (leaf, Instant::now());
+            running.push(attempt(last.0, last.1));
+            next += 1;
         }
         Err(last_err.unwrap_or_else(|| ShardError::NotReadable {
             shard: self.id().to_string(),
         }))
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -390,5 +460,46 @@ mod tests {
                 .expect("the live replica answers");
             assert_eq!(host, "live");
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_a_hung_replica_only_its_hedge_then_reads_it_last() {
+        let tree = replicating(vec![(1, leaf("hung")), (1, leaf("live"))]);
+        let Node::Replicating { children, .. } = &tree else {
+            unreachable!()
+        };
+        let (Node::Leaf(hung), Node::Leaf(live)) = (&children[0].1, &children[1].1) else {
+            unreachable!()
+        };
+        // The live replica starts suspect, so the first read tries the hung one first.
+        (0..3).for_each(|_| live.health.failed());
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..20 {
+            let read = tree.read(|leaf| {
+                let is_hung = leaf.id.hostname == "hung";
+                if is_hung {
+                    tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                async move {
+                    if is_hung {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, ShardError>(leaf.id.hostname.clone())
+                }
+            });
+            // Far longer than any hedge: only a read that waits for the hung one forever
+            // runs into it.
+            let host = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+                .await
+                .expect("the read did not wait for the hung replica")
+                .expect("the live replica answers");
+            assert_eq!(host, "live");
+        }
+        assert_eq!(
+            tries.into_inner(),
+            1,
+            "once it hung past its hedge, the replica is read last"
+        );
+        assert!(hung.health.is_suspect() && !live.health.is_suspect());
     }
 }

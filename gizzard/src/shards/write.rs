@@ -6,6 +6,15 @@
 //! a stored retry job; when storing fails the caller gets [`WriteError::NotDurable`], and since
 //! writes are idempotent, retrying is safe.
 //!
+//! **Hedging.** Once a leaf that serves reads has applied the write, the others get only
+//! their hedge ([`super::health`]: a few times their recent p99, counted from the start of the
+//! write) instead of the whole deadline; a leaf still silent then is left to the retry queue
+//! like a failed one (its statement may land later, which is harmless: writes are idempotent
+//! and commutative, and the retry job covers it), and is marked suspect if it owes answers for
+//! that long. Until a readable leaf has applied the write, every leaf gets its full deadline,
+//! so hedging never acknowledges a write that no read could find. Likewise a suspect leaf is
+//! skipped (queued at once) only while some readable leaf is not.
+//!
 //! Every write holds a [`WritePermit`] of the routing while it runs: it is refused when the
 //! server's routing lease has lapsed ([`WriteError::Unconfirmed`]), and its acknowledgement is
 //! refused when the lease lapsed while it ran ([`WriteError::LeaseLapsed`]), so a server cut
@@ -14,13 +23,20 @@
 //! A retry job names its target leaf and carries the key, so [`Writer::retry`] can check the
 //! leaf against the topology of the moment: still writable, it is written; refused by a node,
 //! the job waits without counting; gone from the key's tree (moved by a migration), the write
-//! goes to the key's current tree instead, so nothing acknowledged is lost.
+//! goes to the key's current tree instead, so nothing acknowledged is lost. Retries are how a
+//! suspect leaf is probed: one at a time tries it, the others wait (up to the leaf deadline)
+//! for that probe's success rather than piling statements on a host that may hang.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{PhysicalShard, ShardError, ShardRouter, coalesce::Coalescer, router::RouteError};
+use super::{
+    Leaf, PhysicalShard, ShardError, ShardRouter,
+    coalesce::Coalescer,
+    health::{Admit, Op},
+    router::RouteError,
+};
 use crate::{
     nameserver::{RoutingLeaseError, ShardId, WritePermit},
     scheduler::{ClaimedJob, JobQueue, NewJob, Priority, QueueError},
@@ -151,9 +167,14 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
         // with a newer version than the server confirmed is one a migration waits for anyway.
         let tree = self.router.tree(table_id, key).await?;
         let plan = tree.write_plan();
-        let results =
-            futures::future::join_all(plan.leaves.iter().map(|leaf| self.batches.apply(leaf, op)))
-                .await;
+        let results = apply_hedged(
+            &self.batches,
+            self.leaf_timeout,
+            &plan.leaves,
+            &plan.serves_reads,
+            op,
+        )
+        .await;
         let mut retries: Vec<(&ShardId, ShardError)> = Vec::new();
         let mut applied = 0;
         for (leaf, result) in plan.leaves.iter().zip(results) {
@@ -245,19 +266,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
             .iter()
             .find(|leaf| leaf.id.to_string() == target)
         {
-            // Retries always try the leaf: they are how a suspect leaf comes back.
-            let result =
-                match tokio::time::timeout(self.leaf_timeout, retry.op.apply(&leaf.shard)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ShardError::Timeout {
-                        shard: target.to_owned(),
-                        after: self.leaf_timeout,
-                    }),
-                };
-            if result.is_ok() {
-                leaf.health.succeeded();
-            }
-            return result;
+            return self.retry_leaf(leaf, &retry.op, target).await;
         }
         if let Some((_, refusal)) = plan
             .refused
@@ -279,5 +288,218 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
                 shard: target.to_owned(),
                 reason: e.to_string(),
             })
+    }
+
+    /// Applies a retry to `leaf`, its target. Retries are how a suspect leaf comes back: one
+    /// at a time probes it, and the others wait up to the leaf deadline for that probe to
+    /// succeed (they fail without counting if it does not), so a hung host gets one statement
+    /// from the queue rather than one per worker.
+    async fn retry_leaf(&self, leaf: &Leaf<S>, op: &W, target: &str) -> Result<(), ShardError> {
+        let health = &leaf.health;
+        let _probe = if health.is_suspect() {
+            match health.try_probe() {
+                Some(probe) => Some(probe),
+                None => {
+                    if tokio::time::timeout(self.leaf_timeout, health.recovered())
+                        .await
+                        .is_err()
+                    {
+                        return Err(ShardError::Unavailable {
+                            shard: target.to_owned(),
+                            reason: "suspect, and another retry's probe did not succeed".into(),
+                        });
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let in_flight = health.start();
+        let result = match tokio::time::timeout(self.leaf_timeout, op.apply(&leaf.shard)).await {
+            Ok(result) => result,
+            Err(_) => Err(ShardError::Timeout {
+                shard: target.to_owned(),
+                after: self.leaf_timeout,
+            }),
+        };
+        match &result {
+            Ok(()) => {
+                in_flight.answered();
+                health.succeeded();
+            }
+            Err(ShardError::Unavailable { .. } | ShardError::Timeout { .. }) => {
+                drop(in_flight);
+                health.failed();
+            }
+            Err(_) => in_flight.answered(),
+        }
+        result
+    }
+}
+
+/// Applies `op` to `leaves` in parallel and returns each one's result. A leaf that is
+/// suspect and not due for a probe is not tried (it fails at once), unless no leaf that
+/// counts would be tried otherwise. Once a leaf that counts has applied the write, each
+/// other leaf fails when its hedge has passed. Leaves count when they serve reads, or all
+/// of them when none does.
+async fn apply_hedged<S: PhysicalShard, W: WriteOp<S>>(
+    batches: &Coalescer<S, W>,
+    leaf_timeout: Duration,
+    leaves: &[&Leaf<S>],
+    serves_reads: &[bool],
+    op: &W,
+) -> Vec<Result<(), ShardError>> {
+    let started = tokio::time::Instant::now();
+    let counts: Vec<bool> = if serves_reads.contains(&true) {
+        serves_reads.to_vec()
+    } else {
+        vec![true; leaves.len()]
+    };
+    // `admit` hands out a suspect leaf's probe, so it is asked once per leaf.
+    let admitted: Vec<Admit> = leaves.iter().map(|leaf| leaf.health.admit()).collect();
+    let forced = !admitted
+        .iter()
+        .zip(&counts)
+        .any(|(admit, counts)| *counts && *admit != Admit::Skip);
+    let (applied, _) = tokio::sync::watch::channel(false);
+    let (applied, counts) = (&applied, &counts);
+    let attempts = leaves.iter().enumerate().map(|(i, leaf)| {
+        let mut seen = applied.subscribe();
+        let probe = forced || admitted[i] == Admit::Probe;
+        async move {
+            let write = batches.apply(leaf, op, probe);
+            let hedge = leaf.health.hedge(Op::Write, leaf_timeout);
+            let give_up = async {
+                if seen.wait_for(|applied| *applied).await.is_err() {
+                    // The sender outlives every attempt; should it not, wait it out.
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep_until(started + hedge).await;
+            };
+            tokio::select! {
+                biased;
+                result = write => {
+                    if result.is_ok() && counts[i] {
+                        applied.send_replace(true);
+                    }
+                    result
+                }
+                () = give_up => {
+                    let marked = leaf.health.overdue(started.into_std());
+                    tracing::debug!(shard = %leaf.id, ?hedge, suspect = marked,
+                        "write applied elsewhere; not waiting longer for this replica");
+                    Err(ShardError::Timeout { shard: leaf.id.to_string(), after: hedge })
+                }
+            }
+        }
+    });
+    futures::future::join_all(attempts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::{
+        coalesce::tests::{Gated, Put},
+        health::{FAILURE_THRESHOLD, LeafHealth, MAX_HEDGE},
+    };
+
+    /// Longer than any test runs: a write that waits for it has not been hedged.
+    const DEADLINE: Duration = Duration::from_secs(600);
+
+    fn leaf(host: &str) -> Leaf<Gated> {
+        Leaf {
+            id: ShardId::new(host, "t_0001").expect("valid id"),
+            shard: Arc::new(Gated::new()),
+            health: Arc::new(LeafHealth::default()),
+        }
+    }
+
+    fn is_timeout(result: &Result<(), ShardError>) -> Option<Duration> {
+        match result {
+            Err(ShardError::Timeout { after, .. }) => Some(*after),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn once_a_replica_applied_a_write_a_hung_one_costs_it_only_its_hedge() {
+        let batches = Coalescer::new(DEADLINE);
+        let (live, hung) = (leaf("live"), leaf("hung"));
+        live.shard.gate.add_permits(1_000);
+        let results =
+            apply_hedged(&batches, DEADLINE, &[&live, &hung], &[true, true], &Put(1)).await;
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        // No history yet: the hung leaf gets the ceiling, not the deadline.
+        assert_eq!(is_timeout(&results[1]), Some(MAX_HEDGE), "{:?}", results[1]);
+        assert!(
+            hung.health.is_suspect(),
+            "it owed an answer for a whole hedge: suspect without a single failure"
+        );
+
+        // The next write leaves it to the retry queue at once, without a statement.
+        let sent = hung.shard.started();
+        let results =
+            apply_hedged(&batches, DEADLINE, &[&live, &hung], &[true, true], &Put(2)).await;
+        assert!(results[0].is_ok());
+        let err = results[1].as_ref().expect_err("skipped");
+        assert!(err.to_string().contains("retried from the queue"), "{err}");
+        assert_eq!(hung.shard.started(), sent);
+
+        // It answers again: the hung statement lands, and the leaf is written as before.
+        hung.shard.gate.add_permits(1_000);
+        hung.health.recovered().await;
+        let results =
+            apply_hedged(&batches, DEADLINE, &[&live, &hung], &[true, true], &Put(3)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_is_not_hedged_before_a_replica_that_serves_reads_applied_it() {
+        let batches = Coalescer::new(DEADLINE);
+        // A new replica behind a WriteOnly node applies at once; the read replica is slow.
+        let (unread, read) = (leaf("new"), leaf("old"));
+        unread.shard.gate.add_permits(1_000);
+        let leaves = [&unread, &read];
+        let open_later = async {
+            tokio::time::sleep(MAX_HEDGE * 2).await;
+            read.shard.gate.add_permits(1);
+        };
+        let (results, ()) = tokio::join!(
+            apply_hedged(&batches, DEADLINE, &leaves, &[false, true], &Put(1)),
+            open_later
+        );
+        assert!(
+            results.iter().all(Result::is_ok),
+            "the read replica was waited for past any hedge: {results:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn suspect_replicas_are_skipped_only_while_a_readable_one_is_not() {
+        let batches = Coalescer::new(DEADLINE);
+        let (a, b) = (leaf("a"), leaf("b"));
+        a.shard.gate.add_permits(1_000);
+        b.shard.gate.add_permits(1_000);
+        (0..FAILURE_THRESHOLD).for_each(|_| b.health.failed());
+        let results = apply_hedged(&batches, DEADLINE, &[&a, &b], &[true, true], &Put(1)).await;
+        assert!(results[0].is_ok());
+        assert!(results[1].is_err(), "b is suspect and a took the write");
+        assert_eq!(b.shard.started(), 0);
+
+        // Both suspect: both are tried rather than the write reaching no replica.
+        (0..FAILURE_THRESHOLD).for_each(|_| a.health.failed());
+        let results = apply_hedged(&batches, DEADLINE, &[&a, &b], &[true, true], &Put(2)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(
+            !a.health.is_suspect() && !b.health.is_suspect(),
+            "they answered"
+        );
+
+        // A suspect read replica is tried when the only other one is never read.
+        (0..FAILURE_THRESHOLD).for_each(|_| a.health.failed());
+        let results = apply_hedged(&batches, DEADLINE, &[&a, &b], &[true, false], &Put(3)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
     }
 }

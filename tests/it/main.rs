@@ -15,6 +15,7 @@ mod tbird_coalesce;
 mod tbird_conflicts;
 mod tbird_convergence;
 mod tbird_dev;
+mod tbird_frozen_replica;
 mod tbird_ids;
 mod tbird_ledger;
 mod tbird_metrics;

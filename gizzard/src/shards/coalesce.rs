@@ -14,6 +14,11 @@
 //! The leaf's health ([`super::health`]) sees each statement in flight, so a leaf that stops
 //! answering is suspect as soon as it owes an answer for longer than its hedge, and each
 //! caller's wait for an applied write, which is the latency the hedge is derived from.
+//!
+//! Retry jobs get the same treatment ([`JobBatches`]): while a replica is down or frozen,
+//! every write stores a job for it before it is acknowledged, and one queue transaction per
+//! write would cost the nameserver more than the lost replica saved. Jobs arriving while
+//! [`ENQUEUES_IN_FLIGHT`] transactions run share the next one (up to [`MAX_JOBS`] jobs).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,7 +31,10 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::{Leaf, PhysicalShard, ShardError, WriteOp, health::Op};
-use crate::nameserver::ShardId;
+use crate::{
+    nameserver::ShardId,
+    scheduler::{JobQueue, NewJob, QueueError},
+};
 
 /// The most writes one statement carries: bounds the statement's size and its time in the
 /// database, so one batch cannot hold row locks for long or outgrow a packet.
@@ -38,6 +46,13 @@ pub const MAX_BATCH: usize = 256;
 /// instances): 4 in flight almost never queued, and posts ran at 0.69x direct SQL; 1 gave
 /// 0.88x.
 pub const MAX_IN_FLIGHT: usize = 1;
+
+/// Queue transactions storing retry jobs at once, per writer: few enough that concurrent
+/// writes' jobs meet in a batch, two so one commit's round trip overlaps the next batch.
+pub const ENQUEUES_IN_FLIGHT: usize = 2;
+
+/// The most retry jobs one queue transaction stores.
+pub const MAX_JOBS: usize = 512;
 
 /// The per-leaf queues of one writer.
 pub(super) struct Coalescer<S, W> {
@@ -217,6 +232,107 @@ impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
             Err(_) => in_flight.answered(),
         }
         result
+    }
+}
+
+/// Group commit of retry jobs: callers' jobs waiting while every transaction slot is busy
+/// share the next [`JobQueue::enqueue_many`].
+pub(super) struct JobBatches {
+    queue: JobQueue,
+    state: Mutex<JobsState>,
+}
+
+struct JobsState {
+    running: usize,
+    waiting: VecDeque<WaitingJobs>,
+}
+
+/// One caller's jobs, stored together or not at all, and where the outcome goes.
+struct WaitingJobs {
+    jobs: Vec<NewJob>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl JobBatches {
+    /// Returns batches stored in `queue`.
+    pub(super) fn new(queue: JobQueue) -> Self {
+        Self {
+            queue,
+            state: Mutex::new(JobsState {
+                running: 0,
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Stores `jobs`, alone or in one transaction with other callers' jobs; returns once they
+    /// are durable, or why they may not be.
+    pub(super) async fn store(self: &Arc<Self>, jobs: Vec<NewJob>) -> Result<(), String> {
+        let (done, stored) = oneshot::channel();
+        let start = {
+            let mut state = lock(&self.state);
+            state.waiting.push_back(WaitingJobs { jobs, done });
+            let free = state.running < ENQUEUES_IN_FLIGHT;
+            state.running += usize::from(free);
+            free
+        };
+        if start {
+            tokio::spawn(self.clone().run());
+        }
+        stored
+            .await
+            .unwrap_or_else(|_| Err("the transaction storing the jobs was dropped".into()))
+    }
+
+    /// Stores batches while callers wait, then gives its slot back.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let batch: Vec<WaitingJobs> = {
+                let mut state = lock(&self.state);
+                let Some(first) = state.waiting.pop_front() else {
+                    // Under the lock: a caller arriving after this sees the free slot.
+                    state.running -= 1;
+                    return;
+                };
+                // At least one caller's jobs, however many; more while they fit.
+                let mut jobs = first.jobs.len();
+                let mut batch = vec![first];
+                while let Some(next) = state.waiting.front()
+                    && jobs + next.jobs.len() <= MAX_JOBS
+                {
+                    jobs += next.jobs.len();
+                    batch.extend(state.waiting.pop_front());
+                }
+                batch
+            };
+            let jobs: Vec<NewJob> = batch.iter().flat_map(|w| w.jobs.iter().cloned()).collect();
+            match self.enqueue(&jobs).await {
+                // Refused as invalid, the batch is split, so a bad job fails only its caller.
+                Err(QueueError::InvalidJob(_)) if batch.len() > 1 => {
+                    for waiting in batch {
+                        let stored = self.enqueue(&waiting.jobs).await;
+                        let _ = waiting.done.send(stored.map_err(|e| e.to_string()));
+                    }
+                }
+                stored => {
+                    let stored = stored.map_err(|e| e.to_string());
+                    for waiting in batch {
+                        let _ = waiting.done.send(stored.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), QueueError> {
+        // A panic must not take the slot with it: it fails the batch instead.
+        match AssertUnwindSafe(self.queue.enqueue_many(jobs))
+            .catch_unwind()
+            .await
+        {
+            Ok(stored) => stored.map(drop),
+            Err(_) => Err(QueueError::BadRow("storing the jobs panicked".into())),
+        }
     }
 }
 
@@ -449,5 +565,41 @@ pub(super) mod tests {
         let err = s.write(200).await.expect("join").expect_err("suspect");
         assert!(err.to_string().contains("retried from the queue"), "{err}");
         assert_eq!(s.statements().len(), before);
+    }
+
+    fn job(n: u64) -> NewJob {
+        NewJob::new(crate::scheduler::Priority::High, "test.put", n.to_string()).with_shard("h/t_0")
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_retry_jobs_are_all_stored_and_a_bad_one_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        let db = crate::db::Database::open(&url, Duration::from_secs(10))
+            .await
+            .expect("open");
+        let queue = JobQueue::open(db).await.expect("queue");
+        let batches = Arc::new(JobBatches::new(queue.clone()));
+        let callers = (0..60u64).map(|n| {
+            let batches = batches.clone();
+            tokio::spawn(async move {
+                let jobs = if n == 30 {
+                    // Refused by the queue: an empty job type.
+                    vec![NewJob::new(crate::scheduler::Priority::High, "", "x")]
+                } else {
+                    vec![job(n), job(n + 1_000)]
+                };
+                (n, batches.store(jobs).await)
+            })
+        });
+        for caller in futures::future::join_all(callers).await {
+            let (n, stored) = caller.expect("caller");
+            assert_eq!(stored.is_err(), n == 30, "caller {n}: {stored:?}");
+        }
+        let stored = queue
+            .list(&crate::scheduler::JobFilter::default())
+            .await
+            .expect("list");
+        assert_eq!(stored.len(), 2 * 59, "every other caller's two jobs");
     }
 }

@@ -33,13 +33,13 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     Leaf, PhysicalShard, ShardError, ShardRouter,
-    coalesce::Coalescer,
+    coalesce::{Coalescer, JobBatches},
     health::{Admit, Op},
     router::RouteError,
 };
 use crate::{
     nameserver::{RoutingLeaseError, ShardId, WritePermit},
-    scheduler::{ClaimedJob, JobQueue, NewJob, Priority, QueueError},
+    scheduler::{ClaimedJob, JobQueue, NewJob, Priority},
 };
 
 /// The default deadline of a write on one leaf.
@@ -113,7 +113,7 @@ struct Retry<W> {
 /// Writes through the router, with retries in the queue.
 pub struct Writer<S, W> {
     router: Arc<ShardRouter<S>>,
-    queue: JobQueue,
+    jobs: Arc<JobBatches>,
     leaf_timeout: Duration,
     batches: Coalescer<S, W>,
 }
@@ -131,7 +131,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
     pub fn new(router: Arc<ShardRouter<S>>, queue: JobQueue, leaf_timeout: Duration) -> Self {
         Self {
             router,
-            queue,
+            jobs: Arc::new(JobBatches::new(queue)),
             leaf_timeout,
             batches: Coalescer::new(leaf_timeout),
         }
@@ -214,15 +214,11 @@ impl<S: PhysicalShard, W: WriteOp<S>> Writer<S, W> {
                 .map_err(|e| not_durable(e.to_string()))?;
             jobs.push(job.with_shard(leaf.to_string()));
         }
-        self.queue
-            .enqueue_many(&jobs)
-            .await
-            .map_err(|e: QueueError| {
-                let leaves: Vec<String> =
-                    retries.iter().map(|(leaf, _)| leaf.to_string()).collect();
-                not_durable(format!("store retries for {}: {e}", leaves.join(", ")))
-            })?;
-        Ok(())
+        // Concurrent writes' jobs share a transaction (see `JobBatches`).
+        self.jobs.store(jobs).await.map_err(|e| {
+            let leaves: Vec<String> = retries.iter().map(|(leaf, _)| leaf.to_string()).collect();
+            not_durable(format!("store retries for {}: {e}", leaves.join(", ")))
+        })
     }
 
     /// Runs one retry job: writes its target leaf if the current topology still routes the key

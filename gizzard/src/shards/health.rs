@@ -19,7 +19,7 @@
 //!   back to a leaf that may still hang. Writes skip a suspect leaf (it gets a retry job) and
 //!   reads try it last. It is probed instead: retries from the queue try it one at a time
 //!   ([`LeafHealth::try_probe`]; the others wait for that probe, [`LeafHealth::recovered`]),
-//!   and once per [`COOL_DOWN`] one live write may try it ([`LeafHealth::admit`]).
+//!   and once per [`COOL_DOWN`] one live read or write may try it ([`LeafHealth::admit`]).
 //!
 //! Every failure counts in `gizzard_leaf_failures_total{shard}` and every caller that stopped
 //! waiting at the hedge in `gizzard_leaf_hedges_total{shard}`; `gizzard_leaf_suspect{shard}` is
@@ -42,7 +42,7 @@ use crate::nameserver::ShardId;
 
 /// Consecutive failures after which a leaf becomes suspect.
 pub const FAILURE_THRESHOLD: u32 = 3;
-/// How often one live write may probe a suspect leaf.
+/// How often one live read or write may probe a suspect leaf.
 pub const COOL_DOWN: Duration = Duration::from_secs(5);
 /// How often a retry from the queue may probe a suspect leaf (one at a time in any case).
 pub const QUEUE_PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -68,14 +68,14 @@ pub const HEDGES_METRIC: &str = "gizzard_leaf_hedges_total";
 /// The gauge that is 1 while a leaf is marked suspect, by shard id.
 pub const SUSPECT_METRIC: &str = "gizzard_leaf_suspect";
 
-/// Whether a live write goes to a leaf ([`LeafHealth::admit`]).
+/// Whether a live read or write goes to a leaf ([`LeafHealth::admit`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
     /// The leaf is healthy.
     Healthy,
-    /// The leaf is suspect, and this write is the one that probes it.
+    /// The leaf is suspect, and this caller is the one that probes it.
     Probe,
-    /// The leaf is suspect: the write goes to the retry queue.
+    /// The leaf is suspect: a write goes to the retry queue, a read tries it last.
     Skip,
 }
 
@@ -96,7 +96,7 @@ pub struct LeafHealth {
     failures: AtomicU32,
     /// Marked suspect (until the next success).
     marked: AtomicBool,
-    /// Not before this may a live write probe the marked leaf.
+    /// Not before this may a live read or write probe the marked leaf.
     next_probe_ms: AtomicU64,
     /// A retry from the queue is probing the leaf.
     queue_probing: AtomicBool,
@@ -286,9 +286,9 @@ impl LeafHealth {
         self.marked.load(Ordering::Acquire) || self.stalled_at(now_ms)
     }
 
-    /// Returns whether a live write tries the leaf now: yes when it is not suspect; as the
-    /// probe when it is marked, no retry is probing it, a cool-down has passed since the last
-    /// probe or mark, and this caller got there first; otherwise not.
+    /// Returns whether a live read or write tries the leaf now: yes when it is not suspect;
+    /// as the probe when it is marked, no retry is probing it, a cool-down has passed since
+    /// the last probe or mark, and this caller got there first; otherwise not.
     pub fn admit(&self) -> Admit {
         self.admit_at(self.now_ms())
     }
@@ -445,6 +445,19 @@ impl Latencies {
             0 => None,
             us => Some(Duration::from_micros(us - 1)),
         }
+    }
+}
+
+#[cfg(test)]
+impl LeafHealth {
+    /// Returns a record marked suspect more than a cool-down ago: a probe is due now.
+    pub(crate) fn suspect_for_a_cool_down() -> Self {
+        let mut health = Self::default();
+        if let Some(base) = health.base.checked_sub(COOL_DOWN * 2) {
+            health.base = base;
+        }
+        (0..FAILURE_THRESHOLD).for_each(|_| health.failed_at(1));
+        health
     }
 }
 

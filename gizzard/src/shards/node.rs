@@ -20,7 +20,7 @@ use rand::Rng;
 
 use super::{
     ShardError,
-    health::{LeafHealth, MAX_HEDGE, Op},
+    health::{Admit, LeafHealth, MAX_HEDGE, Op},
 };
 use crate::nameserver::ShardId;
 
@@ -209,13 +209,22 @@ impl<S> Node<S> {
     /// answered within its hedge gets company: the next leaf is tried too, and whichever
     /// succeeds first answers. A failure moves on to the next leaf at once. Unreachable
     /// leaves count towards failure accrual, and a leaf left behind at its hedge while it owes
-    /// answers is marked suspect.
+    /// answers is marked suspect. When a suspect leaf is due for a probe, this read tries it
+    /// first (hedged as any), so a replica that only serves reads can come back too.
     pub async fn read<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ShardError>
     where
         F: Fn(&'a Leaf<S>) -> Fut,
         Fut: Future<Output = Result<T, ShardError>>,
     {
-        let order = self.read_order(&mut rand::rng())?;
+        let mut order = self.read_order(&mut rand::rng())?;
+        if let Some(i) = order
+            .iter()
+            .skip(1)
+            .position(|leaf| leaf.health.is_suspect() && leaf.health.admit() == Admit::Probe)
+        {
+            let probe = order.remove(i + 1);
+            order.insert(0, probe);
+        }
         let attempt = |leaf: &'a Leaf<S>, started: Instant| {
             let in_flight = leaf.health.start();
             let read = op(leaf);
@@ -501,5 +510,27 @@ mod tests {
             "once it hung past its hedge, the replica is read last"
         );
         assert!(hung.health.is_suspect() && !live.health.is_suspect());
+    }
+
+    #[tokio::test]
+    async fn a_suspect_replica_due_for_a_probe_gets_one_read_and_comes_back_when_it_answers() {
+        let probed = Node::Leaf(Leaf {
+            id: ShardId::new("probed", "t_0001").expect("valid id"),
+            shard: Arc::new(()),
+            health: Arc::new(LeafHealth::suspect_for_a_cool_down()),
+        });
+        let tree = replicating(vec![(1, leaf("healthy")), (1, probed)]);
+        let host = tree
+            .read(|leaf| async move { Ok::<_, ShardError>(leaf.id.hostname.clone()) })
+            .await
+            .expect("read");
+        assert_eq!(host, "probed", "the probe goes first");
+        let Node::Replicating { children, .. } = &tree else {
+            unreachable!()
+        };
+        let Node::Leaf(probed) = &children[1].1 else {
+            unreachable!()
+        };
+        assert!(!probed.health.is_suspect(), "it answered: healthy again");
     }
 }

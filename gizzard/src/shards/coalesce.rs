@@ -15,7 +15,7 @@
 //! answering is suspect as soon as it owes an answer for longer than its hedge, and each
 //! caller's wait for an applied write, which is the latency the hedge is derived from.
 //!
-//! Retry jobs get the same treatment ([`JobBatches`]): while a replica is down or frozen,
+//! Retry jobs get the same treatment (`JobBatches`): while a replica is down or frozen,
 //! every write stores a job for it before it is acknowledged, and one queue transaction per
 //! write would cost the nameserver more than the lost replica saved. Jobs arriving while
 //! [`ENQUEUES_IN_FLIGHT`] transactions run share the next one (up to [`MAX_JOBS`] jobs).

@@ -14,19 +14,21 @@
 //!   its hedge is stalled, and suspect at once: a frozen host never answers, and waiting for
 //!   its deadlines to fail three times would stall every caller for that long.
 //! - **Suspect.** Stalled, or marked: by [`FAILURE_THRESHOLD`] failures in a row, or by a caller
-//!   that gave up on the leaf at its hedge while it was stalled. A mark lasts until the leaf
-//!   next answers with a success, not for a fixed time, so its end does not send every caller
-//!   back to a leaf that may still hang. Writes skip a suspect leaf (it gets a retry job) and
-//!   reads try it last. It is probed instead: retries from the queue try it one at a time
-//!   ([`LeafHealth::try_probe`]; the others wait for that probe, [`LeafHealth::recovered`]),
-//!   and once per [`COOL_DOWN`] one live read or write may try it ([`LeafHealth::admit`]).
+//!   that gave up on the leaf at its hedge while it owed answers and had given none since the
+//!   caller started. A mark lasts until the leaf next answers with a success, not for a fixed
+//!   time, so its end does not send every caller back to a leaf that may still hang. Writes
+//!   skip a suspect leaf (it gets a retry job) and reads try it last. It is probed instead:
+//!   retries from the queue try it one at a time ([`LeafHealth::try_probe`]; the others wait
+//!   for that probe, [`LeafHealth::recovered`]), and once per [`COOL_DOWN`] one live read or
+//!   write may try it ([`LeafHealth::admit`]).
 //!
 //! Every failure counts in `gizzard_leaf_failures_total{shard}` and every caller that stopped
 //! waiting at the hedge in `gizzard_leaf_hedges_total{shard}`; `gizzard_leaf_suspect{shard}` is
 //! 1 while a leaf is marked. The label is the leaf's shard id, bounded by the topology.
 //!
 //! Times are milliseconds since the record was made, in atomics: every read and write consults
-//! the record, so it takes no lock but the latency window's, briefly, once per answer.
+//! the record, so the only locks are the latency window's, briefly, once per answer, and the
+//! notifier's on a success.
 
 use std::{
     sync::{

@@ -195,6 +195,9 @@ pub enum Command {
     /// List the servers in the registry: the routing version each confirmed and when; a
     /// stale one's lease is over (it acknowledges no writes and no migration waits for it).
     Servers,
+    /// List the replica pairs anti-entropy sweeps: when each was last swept in full, what it
+    /// repaired, and the sweep running now.
+    Sweeps,
     /// List leaves removed from the topology whose tables wait to be fenced (once every
     /// server stopped routing to them) or dropped (after the grace period).
     Retired,

@@ -36,10 +36,6 @@ pub const JOB_TYPE: &str = "gizzard.anti_entropy";
 /// How long a claim holds a pair without its sweep renewing it.
 const CLAIM_TTL: Duration = Duration::from_secs(60);
 
-/// The database's clock in ms since the Unix epoch.
-const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
-
 const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_sweeps (
     a VARCHAR(320) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     b VARCHAR(320) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -156,10 +152,7 @@ impl SweepStore {
     }
 
     fn now(&self) -> &'static str {
-        match self.db {
-            Database::Mysql { .. } => MYSQL_NOW_MS,
-            Database::Sqlite { .. } => SQLITE_NOW_MS,
-        }
+        self.db.now_ms_sql()
     }
 
     /// Returns every pair's record.

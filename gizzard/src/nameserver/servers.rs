@@ -20,7 +20,7 @@ use mysql_async::{TxOpts, prelude::Queryable};
 use rusqlite::{OptionalExtension, TransactionBehavior};
 
 use super::store::{NameServer, NameServerError};
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, MYSQL_NOW_MS, SQLITE_NOW_MS};
 
 /// How long past a server's lease a step still waits for it: covers the difference in clock
 /// rates between the server and the database over one lease, with room to spare.
@@ -46,10 +46,6 @@ pub(super) const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_serve
     confirmed_ms INTEGER NOT NULL,
     lease_ms INTEGER NOT NULL
 );";
-
-/// The database's clock in ms since the Unix epoch (sessions run in UTC).
-pub(super) const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-pub(super) const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 const SELECT_SERVERS: &str = "SELECT id, name, address, version, confirmed_ms, lease_ms FROM \
                               gizzard_servers ORDER BY name, id";

@@ -118,7 +118,8 @@ pub enum Command {
         /// BlockedShard, BlackHoleShard.
         class: String,
     },
-    /// Delete a shard that has no links and no forwardings (its table is kept).
+    /// Delete a shard that has no links and no forwardings (a leaf's table is renamed once
+    /// every server agrees, and dropped after the grace period; see `gizzmo retired`).
     DeleteShard {
         /// Shard id, HOST/PREFIX.
         id: ShardId,
@@ -206,7 +207,8 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Remove a replica (a leaf under a ReplicatingShard that keeps at least one other).
     RemoveReplica {
-        /// The leaf, HOST/PREFIX (its table is kept on the host).
+        /// The leaf, HOST/PREFIX (its table is renamed once every server agrees, and dropped
+        /// after the grace period; see `gizzmo retired`).
         shard: ShardId,
     },
     #[command(flatten)]

@@ -101,7 +101,11 @@ impl Database {
                 // Count matched rows, so an update that changes nothing still reports a match.
                 .client_found_rows(true)
                 .prefer_socket(false)
-                .init(vec!["SET time_zone = '+00:00'"])
+                // The server closes a connection silent for two minutes, rolling back its
+                // transaction: a client cut off mid-transaction (a network partition, a
+                // paused process) cannot hold its row locks for the default eight hours. The
+                // pool closes idle connections sooner (the TTL below, checked every 30 s).
+                .init(vec!["SET time_zone = '+00:00', wait_timeout = 120"])
                 // Keep prepared statements across uses. The default resets a connection each
                 // time it returns to the pool, which drops the statement cache and reruns the
                 // init: three extra round trips per query. Nothing here changes session state.

@@ -34,3 +34,6 @@ DURATION=$duration cargo bench --locked -p tests --bench tbird_load
 echo
 echo "== gizzard migrations: copy and diff of a tweet shard, a move under writes"
 BENCH_ROWS=${BENCH_ROWS:-1000000} cargo bench --locked -p tests --bench migrations
+echo
+echo "== gizzard anti-entropy: a sweep of a replica pair at the default rate cap, its CPU"
+cargo bench --locked -p tests --bench anti_entropy

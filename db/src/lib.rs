@@ -16,6 +16,13 @@ use std::{
 use futures::StreamExt;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
 
+/// The database's clock in ms since the Unix epoch, as SQL: leases and registrations judge
+/// expiry by it, so the clocks of the machines using the database may disagree. Sessions run
+/// in UTC.
+pub const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+/// [`MYSQL_NOW_MS`] for SQLite.
+pub const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
 /// The default deadline of one database operation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,7 +101,11 @@ impl Database {
                 // Count matched rows, so an update that changes nothing still reports a match.
                 .client_found_rows(true)
                 .prefer_socket(false)
-                .init(vec!["SET time_zone = '+00:00'"])
+                // The server closes a connection silent for two minutes, rolling back its
+                // transaction: a client cut off mid-transaction (a network partition, a
+                // paused process) cannot hold its row locks for the default eight hours. The
+                // pool closes idle connections sooner (the TTL below, checked every 30 s).
+                .init(vec!["SET time_zone = '+00:00', wait_timeout = 120"])
                 // Keep prepared statements across uses. The default resets a connection each
                 // time it returns to the pool, which drops the statement cache and reruns the
                 // init: three extra round trips per query. Nothing here changes session state.
@@ -308,6 +319,14 @@ impl Database {
                     .await
             }
             Self::Sqlite { .. } => self.sqlite(move |conn| conn.execute_batch(&sql)).await,
+        }
+    }
+
+    /// Returns the SQL of the database's clock in ms ([`MYSQL_NOW_MS`], [`SQLITE_NOW_MS`]).
+    pub fn now_ms_sql(&self) -> &'static str {
+        match self {
+            Self::Mysql { .. } => MYSQL_NOW_MS,
+            Self::Sqlite { .. } => SQLITE_NOW_MS,
         }
     }
 

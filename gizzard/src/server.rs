@@ -11,7 +11,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     db::{Database, DbError},
     manager::{Manager, ManagerParts},
-    migrate::{self, MigrationSettings, MigrationStore, Migrator, StoreError},
+    migrate::{
+        self, MigrationSettings, MigrationStore, Migrator, StoreError,
+        anti_entropy::{self, AntiEntropy, AntiEntropySettings, SweepError, SweepStore},
+    },
     nameserver::{
         DEFAULT_POLL_INTERVAL, NameServer, NameServerError, Routing, ServerIdentity,
         routing::DEFAULT_LEASE,
@@ -52,6 +55,8 @@ pub struct ProxySettings {
     pub advertise_addr: String,
     /// How migrations run in this server's workers.
     pub migrations: MigrationSettings,
+    /// How often replica pairs are swept and repaired in the background, and how fast.
+    pub anti_entropy: AntiEntropySettings,
 }
 
 impl ProxySettings {
@@ -69,6 +74,7 @@ impl ProxySettings {
             server_name: "gizzard".into(),
             advertise_addr: String::new(),
             migrations: MigrationSettings::default(),
+            anti_entropy: AntiEntropySettings::default(),
         }
     }
 
@@ -98,6 +104,8 @@ pub enum StartError {
     Queue(#[from] QueueError),
     #[error("open migrations table: {0}")]
     Migrations(#[from] StoreError),
+    #[error("open anti-entropy table: {0}")]
+    Sweeps(#[from] SweepError),
 }
 
 /// A running proxy for physical shards `S` and writes `W`.
@@ -108,6 +116,7 @@ pub struct Proxy<S, W> {
     pub router: Arc<ShardRouter<S>>,
     pub writer: Arc<Writer<S, W>>,
     pub migrations: MigrationStore,
+    pub sweeps: SweepStore,
     settings: ProxySettings,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -134,7 +143,8 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         let db = Database::open(&settings.nameserver_url, settings.db_timeout).await?;
         let nameserver = NameServer::open(db.clone()).await?;
         let queue = JobQueue::open(db.clone()).await?;
-        let migrations = MigrationStore::open(db).await?;
+        let migrations = MigrationStore::open(db.clone()).await?;
+        let sweeps = SweepStore::open(db).await?;
         let identity = ServerIdentity::new(&settings.server_name, &settings.advertise_addr);
         let routing =
             Arc::new(Routing::start(nameserver.clone(), identity, settings.routing_lease).await?);
@@ -164,7 +174,17 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             migrations.clone(),
             settings.migrations.clone(),
         );
+        let anti_entropy = Arc::new(AntiEntropy::new(
+            router.clone(),
+            queue.clone(),
+            sweeps.clone(),
+            settings.anti_entropy.clone(),
+            settings.migrations.tuning.clone(),
+        ));
         let mut dispatch = Dispatch { runners };
+        dispatch
+            .runners
+            .insert(anti_entropy::JOB_TYPE.to_owned(), anti_entropy.clone());
         dispatch.runners.insert(
             W::JOB_TYPE.to_owned(),
             Arc::new(WriteRetries(writer.clone())),
@@ -179,7 +199,9 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             shutdown.clone(),
         );
         let sweeper = Retirement::new(router.clone(), settings.retired_grace)
-            .spawn(settings.poll_interval * 2, shutdown);
+            .spawn(settings.poll_interval * 2, shutdown.clone());
+        let mut tasks = vec![poller, workers, sweeper];
+        tasks.extend(anti_entropy.spawn_planner(settings.poll_interval, shutdown));
         Ok(Self {
             nameserver,
             routing,
@@ -188,7 +210,8 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             writer,
             migrations,
             settings,
-            tasks: vec![poller, workers, sweeper],
+            sweeps,
+            tasks,
         })
     }
 
@@ -204,6 +227,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             routing: self.routing.clone(),
             queue: self.queue.clone(),
             migrations: self.migrations.clone(),
+            sweeps: self.sweeps.clone(),
             types: self.router.registry().shard_types(),
             materializer: self.router.clone(),
         };

@@ -73,6 +73,14 @@ enum Command {
         /// 24h, overriding the file [default: 24h].
         #[arg(long, env = "TBIRD_RETIRED_GRACE", value_parser = humantime::parse_duration)]
         retired_grace: Option<std::time::Duration>,
+        /// How often anti-entropy sweeps every replica pair in full, e.g. 10m, or `off`,
+        /// overriding the file [default: 10m].
+        #[arg(long, env = "TBIRD_ANTI_ENTROPY_INTERVAL", value_name = "DURATION|off")]
+        anti_entropy_interval: Option<tbird::server::Interval>,
+        /// Rows one anti-entropy sweep compares per second at most, overriding the file
+        /// [default: 10000].
+        #[arg(long, env = "TBIRD_ANTI_ENTROPY_ROWS_PER_SECOND")]
+        anti_entropy_rows_per_second: Option<u64>,
     },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
@@ -288,6 +296,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             advertise_addr,
             routing_lease,
             retired_grace,
+            anti_entropy_interval,
+            anti_entropy_rows_per_second,
         } => {
             let mut server = match config {
                 Some(path) => ServerConfig::from_file(&path)?,
@@ -303,6 +313,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.advertise_addr = advertise_addr.or(server.advertise_addr);
             server.routing_lease = routing_lease.unwrap_or(server.routing_lease);
             server.retired_grace = retired_grace.unwrap_or(server.retired_grace);
+            server.anti_entropy_interval =
+                anti_entropy_interval.map_or(server.anti_entropy_interval, |i| i.0);
+            server.anti_entropy_rows_per_second =
+                anti_entropy_rows_per_second.unwrap_or(server.anti_entropy_rows_per_second);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use gizzard::{
+    migrate::anti_entropy::AntiEntropySettings,
     scheduler::WorkerSettings,
     server::{Proxy, ProxySettings},
 };
@@ -60,6 +61,12 @@ pub struct ServerConfig {
     /// write reaches them) before they are dropped.
     #[serde(with = "humantime_serde")]
     pub retired_grace: Duration,
+    /// How often anti-entropy sweeps every replica pair in full, repairing what differs;
+    /// `"off"` turns it off.
+    #[serde(deserialize_with = "deserialize_interval")]
+    pub anti_entropy_interval: Option<Duration>,
+    /// Rows one anti-entropy sweep compares per second at most.
+    pub anti_entropy_rows_per_second: u64,
     /// Read statements, and separately write statements, in flight on one shard host; those
     /// arriving meanwhile share the next one.
     pub statements_per_host: usize,
@@ -81,6 +88,10 @@ impl Default for ServerConfig {
             advertise_addr: None,
             routing_lease: gizzard::nameserver::routing::DEFAULT_LEASE,
             retired_grace: gizzard::shards::retire::DEFAULT_GRACE,
+            anti_entropy_interval: AntiEntropySettings::default().interval,
+            anti_entropy_rows_per_second: AntiEntropySettings::default()
+                .rows_per_second
+                .unwrap_or(10_000),
             statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
         }
     }
@@ -126,6 +137,13 @@ impl ServerConfig {
                 "job-workers must be at least 1".into(),
             ));
         }
+        if self.anti_entropy_rows_per_second == 0 {
+            return Err(ServerError::Invalid(
+                "anti-entropy-rows-per-second must be at least 1; set anti-entropy-interval \
+                 to \"off\" to turn sweeps off"
+                    .into(),
+            ));
+        }
         if self.statements_per_host == 0 {
             return Err(ServerError::Invalid(
                 "statements-per-host must be at least 1".into(),
@@ -138,6 +156,33 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// A duration, or `off`: the value of `anti-entropy-interval` and its flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub Option<Duration>);
+
+impl std::str::FromStr for Interval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "off" => Ok(Self(None)),
+            text => humantime::parse_duration(text)
+                .map(|d| Self(Some(d)))
+                .map_err(|e| format!("{text:?} is neither a duration (like 10m) nor \"off\": {e}")),
+        }
+    }
+}
+
+/// Reads a human duration, or `"off"` for none.
+fn deserialize_interval<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse::<Interval>()
+        .map(|i| i.0)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Returns the address other machines reach `addr` at: an unspecified IP (`0.0.0.0`) is
@@ -197,6 +242,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         advertise_addr,
         routing_lease: config.routing_lease,
         retired_grace: config.retired_grace,
+        anti_entropy: AntiEntropySettings {
+            interval: config.anti_entropy_interval,
+            rows_per_second: Some(config.anti_entropy_rows_per_second),
+        },
         ..ProxySettings::new(&config.nameserver_url)
     };
     let proxy = Proxy::start(
@@ -266,6 +315,22 @@ mod tests {
         );
         let err = toml::from_str::<ServerConfig>("metrics-listen = \"9991\"").expect_err("bad");
         assert!(err.to_string().contains("HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn anti_entropy_can_be_turned_off_or_paced() {
+        let off: ServerConfig =
+            toml::from_str("anti-entropy-interval = \"off\"").expect("off parses");
+        assert_eq!(off.anti_entropy_interval, None);
+        let hourly: ServerConfig =
+            toml::from_str("anti-entropy-interval = \"1h\"").expect("an hour parses");
+        assert_eq!(
+            hourly.anti_entropy_interval,
+            Some(Duration::from_secs(3600))
+        );
+        let err =
+            toml::from_str::<ServerConfig>("anti-entropy-interval = \"often\"").expect_err("bad");
+        assert!(err.to_string().contains("\"off\""), "{err}");
     }
 
     #[test]

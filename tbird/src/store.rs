@@ -288,18 +288,24 @@ impl TbirdShard {
 
     /// The MySQL expression of a row's 64-bit digest; [`Row::digest`] computes the same.
     ///
-    /// The digest is linear under XOR in its columns, and chunks fold rows with XOR, so
-    /// changes whose deltas cancel leave a chunk's checksum as it was: in one row, user 3 to
-    /// 2 together with in_reply_to 1 to none; or two tweets of one chunk both deleted on one
-    /// replica only. A diff does not see such a difference.
+    /// Columns are folded in as they are, without building a string (a third of the cost of
+    /// `CRC32(CONCAT_WS(...))` over a chunk). The user is shifted, so equal changes of user
+    /// and in_reply_to do not cancel (user 3 to 2 with in_reply_to 1 to none), and a
+    /// tombstone adds the complement of its own key rather than one fixed bit, so two rows
+    /// deleted on one replica only do not cancel either. Chunks fold rows with XOR, which is
+    /// linear: differences still cancel when their deltas happen to be equal, no longer for
+    /// such common patterns.
     fn digest_sql(&self) -> &'static str {
         match self.kind {
-            // The columns are folded in as they are, without building a string: a third of
-            // the cost of CRC32(CONCAT_WS(...)) over a chunk, and any single changed column
-            // of a row still changes its digest.
-            Kind::Tweets => "CRC32(text) ^ id ^ user_id ^ IFNULL(in_reply_to, 0) ^ (deleted << 63)",
+            Kind::Tweets => {
+                "CRC32(text) ^ id ^ (user_id << 17) ^ IFNULL(in_reply_to, 0) \
+                 ^ IF(deleted, ~id, 0)"
+            }
             // Both key columns go through the CRC, so (1, 2) and (2, 1) differ.
-            Kind::Timelines => "CRC32(CONCAT_WS('|', user_id, tweet_id)) ^ (deleted << 63)",
+            Kind::Timelines => {
+                "CRC32(CONCAT_WS('|', user_id, tweet_id)) \
+                 ^ IF(deleted, ~tweet_id ^ (user_id << 17), 0)"
+            }
         }
     }
 
@@ -696,17 +702,21 @@ impl Row {
         let crc = |text: &str| u64::from(crc32fast::hash(text.as_bytes()));
         match self {
             Row::Tweet(t) => {
-                crc(&t.text)
-                    ^ t.id
-                    ^ t.user_id
-                    ^ t.in_reply_to.unwrap_or(0)
-                    ^ (u64::from(t.deleted) << 63)
+                let deleted = if t.deleted { !t.id } else { 0 };
+                crc(&t.text) ^ t.id ^ (t.user_id << 17) ^ t.in_reply_to.unwrap_or(0) ^ deleted
             }
             Row::Timeline {
                 user_id,
                 tweet_id,
                 deleted,
-            } => crc(&format!("{user_id}|{tweet_id}")) ^ (u64::from(*deleted) << 63),
+            } => {
+                let deleted = if *deleted {
+                    !tweet_id ^ (user_id << 17)
+                } else {
+                    0
+                };
+                crc(&format!("{user_id}|{tweet_id}")) ^ deleted
+            }
         }
     }
 }

@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 use gizzard::{
     manager::convert::change_to_pb,
     nameserver::{Change, ShardInfo},
-    shards::PhysicalShard,
 };
 use proto::gizzard::v1::{self as gpb, start_migration_request::Kind};
-use tbird::{
-    store::{Row, TWEET_SHARD, TbirdShard},
-    tweet::Tweet,
-};
-use tests::tweets::{TweetCluster, TweetWriter, run_migration};
+use tbird::store::TWEET_SHARD;
+use tests::tweets::{TweetCluster, TweetWriter, load_tweets, run_migration};
 
 /// The test settings with production-sized pages and chunks, and production's routing poll
 /// interval and lease, which set how long a move waits for every server's agreement.
@@ -42,49 +38,6 @@ fn rows() -> u64 {
         .unwrap_or(500_000)
 }
 
-/// Loads `count` tweets of about 100 bytes straight into shard `prefix` on `url`.
-async fn load(url: &str, prefix: &str, count: u64) {
-    let db = db::Database::open(url, Duration::from_secs(60))
-        .await
-        .expect("open host");
-    let info = ShardInfo {
-        id: format!("h0/{prefix}").parse().expect("id"),
-        class_name: TWEET_SHARD.into(),
-        busy: false,
-    };
-    let shard = TbirdShard::new(&info, tbird::store::Kind::Tweets, db);
-    shard.materialize().await.expect("materialize");
-    let base = 1u64 << 40;
-    let batches: Vec<Vec<Row>> = (0..count)
-        .collect::<Vec<_>>()
-        .chunks(5_000)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|i| {
-                    Row::Tweet(Tweet {
-                        id: base + i * 4_096,
-                        user_id: 1 + i % 10_000,
-                        text: format!("benchmark tweet number {i} with some words to fill it up to a hundred bytes or so."),
-                        in_reply_to: (i % 5 == 0).then_some(base + i),
-                        deleted: i % 50 == 0,
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    let shard = std::sync::Arc::new(shard);
-    let mut tasks = tokio::task::JoinSet::new();
-    for batch in batches {
-        let shard = shard.clone();
-        tasks.spawn(async move { shard.write_rows(&batch).await.expect("load rows") });
-        while tasks.len() >= 4 {
-            tasks.join_next().await;
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let count = rows();
@@ -93,7 +46,7 @@ async fn main() {
         TweetCluster::start_with(2, 1, 1, tests::mariadb::BENCH_FLAGS, production).await;
     let mut admin = cluster.admin(&server).await;
     let started = Instant::now();
-    load(&cluster.hosts[0].url("tbird"), "t1_0000", count).await;
+    load_tweets(&cluster.hosts[0].url("tbird"), "t1_0000", count).await;
     println!(
         "loaded {count} tweet rows into h0/t1_0000 in {:.1} s",
         started.elapsed().as_secs_f64()

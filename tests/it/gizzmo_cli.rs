@@ -529,6 +529,21 @@ async fn gizzmo_lists_registered_servers_pings_them_all_and_shows_retired_shards
     );
     add_hosts(&cluster).await;
     create_table(&cluster).await;
+    // The planners register a new table's pairs within a poll interval.
+    let mut sweeps = String::new();
+    for _ in 0..100 {
+        sweeps = cluster.ok(&["sweeps"]).await;
+        if sweeps.matches(" / ").count() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sweeps.matches(" / ").count(),
+        4,
+        "a pair per range: {sweeps}"
+    );
+    assert!(sweeps.contains("a/t1_0000 / b/t1_0000"), "{sweeps}");
     cluster.ok(&["remove-replica", "b/t1_0001"]).await;
     let mut fenced = String::new();
     for _ in 0..100 {

@@ -1,6 +1,7 @@
 //! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
 //! real MariaDB servers from the harness, real SQLite files.
 
+mod gizzard_anti_entropy;
 mod gizzard_cluster;
 mod gizzard_fencing;
 mod gizzard_kv_convergence;

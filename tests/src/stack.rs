@@ -152,6 +152,18 @@ impl TbirdStack {
         metrics: bool,
         extra_flags: &'static [&'static str],
     ) -> Self {
+        Self::start_serving(hosts, shards, metrics, extra_flags, &[]).await
+    }
+
+    /// Starts the stack as [`TbirdStack::start_with`] does, passing `serve_args` (such as
+    /// `--anti-entropy-interval 2s`) to `tbird serve`.
+    pub async fn start_serving(
+        hosts: usize,
+        shards: u32,
+        metrics: bool,
+        extra_flags: &'static [&'static str],
+        serve_args: &[&str],
+    ) -> Self {
         let mut servers = MariaDb::start_many_with(hosts + 1, extra_flags)
             .await
             .expect("start mariadb servers");
@@ -197,21 +209,27 @@ impl TbirdStack {
         let tbird = Daemon::spawn(
             "tbird",
             "tbird",
-            &strings(&[
-                "serve",
-                "--nameserver-url",
-                &nameserver_url,
-                "--snowflake-addr",
-                &snowflake_addr,
-                "--listen",
-                &tweets_addr,
-                "--admin-listen",
-                &admin_addr,
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--metrics-listen",
-                metrics_addr.as_deref().unwrap_or("off"),
-            ]),
+            &strings(
+                &[
+                    &[
+                        "serve",
+                        "--nameserver-url",
+                        &nameserver_url,
+                        "--snowflake-addr",
+                        &snowflake_addr,
+                        "--listen",
+                        &tweets_addr,
+                        "--admin-listen",
+                        &admin_addr,
+                        "--admin-token",
+                        ADMIN_TOKEN,
+                        "--metrics-listen",
+                        metrics_addr.as_deref().unwrap_or("off"),
+                    ],
+                    serve_args,
+                ]
+                .concat(),
+            ),
         );
         let stack = Self {
             nameserver_db,

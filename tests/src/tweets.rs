@@ -434,3 +434,53 @@ pub async fn missing_from_timelines(addr: &str, ledger: &Ledger) -> Vec<u64> {
     }
     missing
 }
+
+/// Loads `count` tweets of about 100 bytes straight into shard `prefix` on `url`.
+/// Deleted, replies and plain tweets are mixed; ids are `2^40 + 4096 i`, so the same `count`
+/// loads the same rows on every host.
+pub async fn load_tweets(url: &str, prefix: &str, count: u64) {
+    let db = db::Database::open(url, Duration::from_secs(60))
+        .await
+        .expect("open host");
+    let info = gizzard::nameserver::ShardInfo {
+        id: format!("h0/{prefix}").parse().expect("id"),
+        class_name: tbird::store::TWEET_SHARD.into(),
+        busy: false,
+    };
+    let shard = tbird::store::TbirdShard::new(&info, tbird::store::Kind::Tweets, db);
+    gizzard::shards::PhysicalShard::materialize(&shard)
+        .await
+        .expect("materialize");
+    let base = 1u64 << 40;
+    let batches: Vec<Vec<tbird::store::Row>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(5_000)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|i| {
+                    tbird::store::Row::Tweet(tbird::tweet::Tweet {
+                        id: base + i * 4_096,
+                        user_id: 1 + i % 10_000,
+                        text: format!("benchmark tweet number {i} with some words to fill it up to a hundred bytes or so."),
+                        in_reply_to: (i % 5 == 0).then_some(base + i),
+                        deleted: i % 50 == 0,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let shard = std::sync::Arc::new(shard);
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in batches {
+        let shard = shard.clone();
+        tasks.spawn(async move {
+            use gizzard::shards::PhysicalShard;
+            shard.write_rows(&batch).await.expect("load rows")
+        });
+        while tasks.len() >= 4 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}

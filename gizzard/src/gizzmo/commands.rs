@@ -87,6 +87,7 @@ async fn execute(global: &Global, command: Command) -> anyhow::Result<String> {
         }
         Command::Servers => servers(&mut client, json).await?,
         Command::Retired => retired(&mut client, json).await?,
+        Command::Sweeps => sweeps(&mut client, json).await?,
         Command::Jobs(command) => jobs(&mut client, command, json).await?,
         Command::Migration(command) => super::migrations::run(&mut client, command, json).await?,
         change => {
@@ -564,6 +565,54 @@ async fn servers(client: &mut ManagerClient, json: bool) -> anyhow::Result<Strin
             &[2, 3, 4],
             rows,
         )
+    ))
+}
+
+async fn sweeps(client: &mut ManagerClient, json: bool) -> anyhow::Result<String> {
+    let sweeps = client
+        .list_sweeps(pb::ListSweepsRequest {})
+        .await
+        .map_err(|s| call_error("list anti-entropy sweeps", s))?
+        .into_inner()
+        .sweeps;
+    if json {
+        let sweeps: Vec<Value> = sweeps
+            .iter()
+            .map(|s| {
+                json!({
+                    "a": s.a, "b": s.b, "last_full_age_ms": s.last_full_age_ms,
+                    "last_repaired": s.last_repaired, "running": s.running,
+                    "rows_compared": s.rows_compared, "keys_repaired": s.keys_repaired,
+                    "total_repaired": s.total_repaired,
+                })
+            })
+            .collect();
+        return Ok(pretty(&json!(sweeps)));
+    }
+    if sweeps.is_empty() {
+        return Ok("no replica pairs to sweep (or anti-entropy is off)\n".into());
+    }
+    let rows = sweeps
+        .iter()
+        .map(|s| {
+            let now = if s.running {
+                format!("{} rows, {} repaired", s.rows_compared, s.keys_repaired)
+            } else {
+                "-".into()
+            };
+            vec![
+                format!("{} / {}", s.a, s.b),
+                format!("{} ago", seconds(s.last_full_age_ms)),
+                s.last_repaired.to_string(),
+                s.total_repaired.to_string(),
+                now,
+            ]
+        })
+        .collect();
+    Ok(render::table(
+        &["PAIR", "LAST FULL SWEEP", "REPAIRED", "IN ALL", "RUNNING"],
+        &[2, 3],
+        rows,
     ))
 }
 

@@ -118,7 +118,8 @@ pub enum Command {
         /// BlockedShard, BlackHoleShard.
         class: String,
     },
-    /// Delete a shard that has no links and no forwardings (its table is kept).
+    /// Delete a shard that has no links and no forwardings (a leaf's table is renamed once
+    /// every server agrees, and dropped after the grace period; see `gizzmo retired`).
     DeleteShard {
         /// Shard id, HOST/PREFIX.
         id: ShardId,
@@ -195,6 +196,9 @@ pub enum Command {
     /// List the servers in the registry: the routing version each confirmed and when; a
     /// stale one's lease is over (it acknowledges no writes and no migration waits for it).
     Servers,
+    /// List the replica pairs anti-entropy sweeps: when each was last swept in full, what it
+    /// repaired, and the sweep running now.
+    Sweeps,
     /// List leaves removed from the topology whose tables wait to be fenced (once every
     /// server stopped routing to them) or dropped (after the grace period).
     Retired,
@@ -203,7 +207,8 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Remove a replica (a leaf under a ReplicatingShard that keeps at least one other).
     RemoveReplica {
-        /// The leaf, HOST/PREFIX (its table is kept on the host).
+        /// The leaf, HOST/PREFIX (its table is renamed once every server agrees, and dropped
+        /// after the grace period; see `gizzmo retired`).
         shard: ShardId,
     },
     #[command(flatten)]

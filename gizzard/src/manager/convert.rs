@@ -5,6 +5,7 @@ use proto::gizzard::v1 as pb;
 use tonic::Status;
 
 use crate::{
+    migrate::anti_entropy::SweepRecord,
     nameserver::{
         Change, Forwarding, Host, Link, NodeSpec, RetiredShard, ServerRecord, ShardId, ShardInfo,
         Topology,
@@ -262,5 +263,19 @@ pub fn retired_to_pb(shard: &RetiredShard) -> pb::RetiredShard {
         drop_in_ms: shard
             .drop_after_ms
             .map_or(0, |at| at.saturating_sub(shard.now_ms).max(0) as u64),
+    }
+}
+
+/// Converts a replica pair's anti-entropy record.
+pub fn sweep_to_pb(sweep: &SweepRecord) -> pb::Sweep {
+    pb::Sweep {
+        a: sweep.a.to_string(),
+        b: sweep.b.to_string(),
+        last_full_age_ms: sweep.age().as_millis() as u64,
+        last_repaired: sweep.last_repaired,
+        running: sweep.running(),
+        rows_compared: sweep.rows_compared,
+        keys_repaired: sweep.keys_repaired,
+        total_repaired: sweep.total_repaired,
     }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::{
-    migrate::MigrationStore,
+    migrate::{MigrationStore, anti_entropy::SweepStore},
     nameserver::{
         Change, Host, NameServer, NameServerError, Routing, ShardInfo, ShardTypes, TopologyError,
         hash,
@@ -51,6 +51,7 @@ pub struct Manager {
     routing: Arc<Routing>,
     pub(super) queue: JobQueue,
     pub(super) migrations: MigrationStore,
+    sweeps: SweepStore,
     types: ShardTypes,
     materializer: Arc<dyn Materializer>,
     token: Option<String>,
@@ -92,6 +93,7 @@ pub struct ManagerParts {
     pub routing: Arc<Routing>,
     pub queue: JobQueue,
     pub migrations: MigrationStore,
+    pub sweeps: SweepStore,
     pub types: ShardTypes,
     pub materializer: Arc<dyn Materializer>,
 }
@@ -105,6 +107,7 @@ impl Manager {
             routing,
             queue,
             migrations,
+            sweeps,
             types,
             materializer,
         } = parts;
@@ -113,6 +116,7 @@ impl Manager {
             routing,
             queue,
             migrations,
+            sweeps,
             types,
             materializer,
             token,
@@ -331,6 +335,20 @@ impl ShardManager for Manager {
         Ok(Response::new(pb::ListServersResponse {
             servers: servers.iter().map(convert::server_to_pb).collect(),
             stored_version,
+        }))
+    }
+
+    async fn list_sweeps(
+        &self,
+        _: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let sweeps = self
+            .sweeps
+            .list()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps: sweeps.iter().map(convert::sweep_to_pb).collect(),
         }))
     }
 

@@ -7,7 +7,9 @@
 //! - [`plan`]: planning requests against the topology, and each step's topology changes.
 //! - [`ops`]: copy, diff and repair over the physical shard hooks.
 //! - [`runner`]: [`Migrator`], the job runner that drives workflows and resumes them.
+//! - [`anti_entropy`]: background sweeps that diff and repair every replica pair.
 
+pub mod anti_entropy;
 pub mod model;
 pub mod ops;
 pub mod plan;

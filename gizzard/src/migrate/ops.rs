@@ -251,6 +251,18 @@ impl<'a, S: PhysicalShard> Differ<'a, S> {
         }
     }
 
+    /// Returns the differ starting after key `after` (from the first key when `None`), where
+    /// an earlier diff of the same shards stopped.
+    pub fn resume(mut self, after: Option<u64>) -> Self {
+        self.after = after;
+        self
+    }
+
+    /// Returns the last key of the chunks compared so far, to resume after.
+    pub fn position(&self) -> Option<u64> {
+        self.after
+    }
+
     /// Compares the next chunk, or returns `None` past the last.
     pub async fn next_chunk(&mut self) -> Result<Option<Chunk<S::Row>>, ShardError> {
         if self.done {

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use super::{
     model::{ShardId, TopologyError},
-    servers::{MYSQL_NOW_MS, SQLITE_NOW_MS},
     store::{NameServer, NameServerError},
 };
-use crate::db::{Database, Param};
+use crate::db::{Database, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
 
 pub(super) const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_retired (
     hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -161,10 +160,7 @@ impl NameServer {
         prefix: &str,
         grace: Duration,
     ) -> Result<(), NameServerError> {
-        let now = match self.database() {
-            Database::Mysql { .. } => MYSQL_NOW_MS,
-            Database::Sqlite { .. } => SQLITE_NOW_MS,
-        };
+        let now = self.database().now_ms_sql();
         let sql = format!(
             "UPDATE gizzard_retired SET fenced_prefix = ?, drop_after_ms = {now} + ? \
              WHERE hostname = ? AND table_prefix = ? AND retired_version = ? \

@@ -180,12 +180,14 @@ impl Routing {
         identity: ServerIdentity,
         lease: Duration,
     ) -> Result<Self, NameServerError> {
+        // Before the load, so that no confirmation is taken at instant 0 ("never").
+        let base = Instant::now();
         let snapshot = Arc::new(RoutingSnapshot::new(nameserver.load().await?));
         let routing = Self {
             nameserver,
             identity,
             lease_length: lease,
-            base: Instant::now(),
+            base,
             lease: Lease::default(),
             current: ArcSwap::from_pointee(Epoch::new(snapshot)),
             retiring: Mutex::new(Vec::new()),

@@ -5,7 +5,7 @@
 //!
 //! A confirmation of version `V` says: `V` is the nameserver's current version, this server
 //! routes new writes with it, and no write routed with an older version is still in flight
-//! here. It is one transaction that takes a shared lock on the version row, so it is ordered
+//! here. It is one statement that takes a shared lock on the version row, so it is ordered
 //! against every topology change (which locks that row for update): a server that loaded an
 //! older topology cannot confirm it after a change landed, it must reload first.
 //!
@@ -16,11 +16,10 @@
 
 use std::time::Duration;
 
-use mysql_async::{TxOpts, prelude::Queryable};
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use mysql_async::prelude::Queryable;
 
 use super::store::{NameServer, NameServerError};
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
 
 /// How long past a server's lease a step still waits for it: covers the difference in clock
 /// rates between the server and the database over one lease, with room to spare.
@@ -46,10 +45,6 @@ pub(super) const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_serve
     confirmed_ms INTEGER NOT NULL,
     lease_ms INTEGER NOT NULL
 );";
-
-/// The database's clock in ms since the Unix epoch (sessions run in UTC).
-pub(super) const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-pub(super) const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 const SELECT_SERVERS: &str = "SELECT id, name, address, version, confirmed_ms, lease_ms FROM \
                               gizzard_servers ORDER BY name, id";
@@ -133,88 +128,49 @@ pub enum Confirmation {
 impl NameServer {
     /// Records that `server` routes with `version` under a lease of `lease`, if `version` is
     /// still the nameserver's; otherwise returns the version to reload.
+    ///
+    /// One statement, committed on its own: it reads the version row with a shared lock, so
+    /// it is ordered against every batch of changes (which locks that row for update), and a
+    /// server cut off mid-call cannot leave a transaction holding that lock behind.
     pub async fn confirm(
         &self,
         server: &ServerIdentity,
         version: u64,
         lease: Duration,
     ) -> Result<Confirmation, NameServerError> {
-        let server = server.clone();
-        let lease_ms = lease.as_millis() as i64;
-        let stored: i64 = match self.database() {
-            Database::Mysql { .. } => {
-                self.database()
-                    .mysql(|mut conn| async move {
-                        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                        let stored: Option<i64> = tx
-                            .query_first(
-                                "SELECT version FROM gizzard_version WHERE id = 1 \
-                                 LOCK IN SHARE MODE",
-                            )
-                            .await?;
-                        let stored = stored.unwrap_or(-1);
-                        if stored == version as i64 {
-                            tx.exec_drop(
-                                format!(
-                                    "INSERT INTO gizzard_servers (id, name, address, version, \
-                                     confirmed_ms, lease_ms) VALUES (?, ?, ?, ?, {MYSQL_NOW_MS}, ?) \
-                                     ON DUPLICATE KEY UPDATE name = VALUES(name), \
-                                     address = VALUES(address), version = VALUES(version), \
-                                     confirmed_ms = VALUES(confirmed_ms), \
-                                     lease_ms = VALUES(lease_ms)"
-                                ),
-                                (server.id, server.name, server.address, stored, lease_ms),
-                            )
-                            .await?;
-                        }
-                        tx.commit().await?;
-                        Ok(stored)
-                    })
-                    .await?
-            }
-            Database::Sqlite { .. } => {
-                self.database()
-                    .sqlite(move |conn| {
-                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                        let stored: i64 = tx
-                            .query_row("SELECT version FROM gizzard_version WHERE id = 1", [], |r| {
-                                r.get(0)
-                            })
-                            .optional()?
-                            .unwrap_or(-1);
-                        if stored == version as i64 {
-                            tx.execute(
-                                &format!(
-                                    "INSERT INTO gizzard_servers (id, name, address, version, \
-                                     confirmed_ms, lease_ms) VALUES (?1, ?2, ?3, ?4, {SQLITE_NOW_MS}, ?5) \
-                                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-                                     address = excluded.address, version = excluded.version, \
-                                     confirmed_ms = excluded.confirmed_ms, \
-                                     lease_ms = excluded.lease_ms"
-                                ),
-                                rusqlite::params![
-                                    server.id,
-                                    server.name,
-                                    server.address,
-                                    stored,
-                                    lease_ms
-                                ],
-                            )?;
-                        }
-                        tx.commit()?;
-                        Ok(stored)
-                    })
-                    .await?
-            }
+        let db = self.database();
+        let (lock, upsert) = match db {
+            Database::Mysql { .. } => (
+                "LOCK IN SHARE MODE",
+                "ON DUPLICATE KEY UPDATE name = VALUES(name), address = VALUES(address), \
+                 version = VALUES(version), confirmed_ms = VALUES(confirmed_ms), \
+                 lease_ms = VALUES(lease_ms)",
+            ),
+            // SQLite has one writer at a time: the statement is ordered against batches.
+            Database::Sqlite { .. } => (
+                "",
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+                 address = excluded.address, version = excluded.version, \
+                 confirmed_ms = excluded.confirmed_ms, lease_ms = excluded.lease_ms",
+            ),
         };
-        match u64::try_from(stored) {
-            Ok(stored) if stored == version => Ok(Confirmation::Confirmed),
-            Ok(stored) => Ok(Confirmation::Moved(stored)),
-            Err(_) => Err(NameServerError::Corrupt {
-                table: "gizzard_version",
-                reason: "the row with id 1 is missing".into(),
-            }),
+        let sql = format!(
+            "INSERT INTO gizzard_servers (id, name, address, version, confirmed_ms, lease_ms) \
+             SELECT ?, ?, ?, version, {}, ? FROM gizzard_version WHERE id = 1 AND version = ? \
+             {lock} {upsert}",
+            db.now_ms_sql()
+        );
+        let params = vec![
+            Param::from(&server.id),
+            Param::from(&server.name),
+            Param::from(&server.address),
+            Param::Int(lease.as_millis() as i64),
+            Param::Int(version as i64),
+        ];
+        if db.execute(sql, params).await? > 0 {
+            return Ok(Confirmation::Confirmed);
         }
+        Ok(Confirmation::Moved(self.version().await?))
     }
 
     /// Returns every registered server, with the database's clock, and forgets those whose

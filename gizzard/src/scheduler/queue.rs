@@ -31,11 +31,7 @@ use rand::Rng;
 use rusqlite::{OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::db::{Database, DbError, Param};
-
-/// The database's clock in ms since the Unix epoch (sessions run in UTC).
-const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+use crate::db::{Database, DbError, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
 
 const MYSQL_SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS gizzard_jobs (
@@ -1084,10 +1080,7 @@ impl JobQueue {
 
     /// Returns the database clock expression of this backend.
     fn now_ms(&self) -> &'static str {
-        match self.db {
-            Database::Mysql { .. } => MYSQL_NOW_MS,
-            Database::Sqlite { .. } => SQLITE_NOW_MS,
-        }
+        self.db.now_ms_sql()
     }
 
     /// Maps the rows a lease-guarded change matched to `LeaseLost` when there were none.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use db::{Database, DbError};
+use db::{Database, DbError, MYSQL_NOW_MS, SQLITE_NOW_MS};
 use mysql_async::{TxOpts, prelude::*};
 use rusqlite::TransactionBehavior;
 
@@ -27,10 +27,6 @@ const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS snowflake_leases (
     last_ms INTEGER NOT NULL,
     PRIMARY KEY (datacenter_id, worker_id)
 )";
-
-/// The database's clock in ms since the Unix epoch (sessions run in UTC).
-const MYSQL_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-const SQLITE_NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 /// One (datacenter, worker) pair, the key of the lease table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,3 +37,6 @@ BENCH_ROWS=${BENCH_ROWS:-1000000} cargo bench --locked -p tests --bench migratio
 echo
 echo "== gizzard anti-entropy: a sweep of a replica pair at the default rate cap, its CPU"
 cargo bench --locked -p tests --bench anti_entropy
+echo
+echo "== gizzard with one replica frozen (SIGSTOP) for 15 s under 16 writers"
+cargo bench --locked -p tests --bench frozen_replica

@@ -8,6 +8,12 @@
 //!   every [`QUEUE_DEPTH_INTERVAL`]), and `gizzard_jobs_run_total`,
 //!   `gizzard_jobs_succeeded_total`, `gizzard_jobs_failed_total`, `gizzard_jobs_parked_total`
 //!   (job runs and their outcomes, by `job_type`; write retries are `tbird.write`).
+//! - From Gizzard's fault handling: `gizzard_leaf_hedges_total{shard}` and
+//!   `gizzard_leaf_suspect{shard}` (replicas written past or read last), the routing lease
+//!   (`gizzard_routing_lease_valid`, `gizzard_routing_confirmed_age_seconds`,
+//!   `gizzard_unconfirmed_routes_total`) and anti-entropy
+//!   (`gizzard_anti_entropy_rows_compared_total`, `gizzard_anti_entropy_keys_repaired_total`,
+//!   `gizzard_anti_entropy_sweep_age_seconds{a, b}`). README lists them all.
 //!
 //! Every label is bounded: six methods, seventeen codes, the topology's shards, the job types
 //! the server runs. Handles are looked up once and cached, never per call.

@@ -9,9 +9,9 @@
 //! - [`registry`]: the application's physical shard types by class name.
 //! - [`router`]: builds trees from the current routing snapshot, keeping one physical shard
 //!   per leaf and one connection pool per host across reloads.
-//! - [`write`]: the write path: apply a write to every writable leaf in parallel (hedged once
-//!   a readable leaf applied it), store a retry job for each leaf that failed or was left
-//!   behind, and run those jobs.
+//! - [`write`](mod@write): the write path: apply a write to every writable leaf in parallel
+//!   (hedged once a readable leaf applied it), store a retry job for each leaf that failed or
+//!   was left behind, and run those jobs.
 //! - [`retire`]: the sweep that fences a deleted leaf's tables once no server can route to it,
 //!   and drops them after a grace period.
 //! - [`coalesce`]: group commit: concurrent writes to one leaf share multi-row statements.

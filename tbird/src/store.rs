@@ -387,10 +387,9 @@ impl TbirdShard {
             Kind::Tweets => {
                 let values = vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
                 let update = if mysql {
-                    // MySQL runs the assignments left to right, each seeing the ones before,
-                    // so they go from the least significant column of the order to the most:
-                    // once a column took the new value, the comparison still holds for the
-                    // next one exactly when that one must change too (see Tweet::merge).
+                    // The comparison is written once: the first assignment keeps its outcome,
+                    // on the row as stored, in a session variable the other two read. Writes
+                    // go as text and MariaDB parses every statement, so its length counts.
                     let wins = Self::content_wins_sql(
                         true,
                         ("VALUES(user_id)", "VALUES(text)", "VALUES(in_reply_to)"),
@@ -398,9 +397,9 @@ impl TbirdShard {
                     );
                     format!(
                         "ON DUPLICATE KEY UPDATE \
-                         in_reply_to = IF({wins}, VALUES(in_reply_to), in_reply_to), \
-                         text = IF({wins}, VALUES(text), text), \
-                         user_id = IF({wins}, VALUES(user_id), user_id), \
+                         in_reply_to = IF(@tbird_wins := {wins}, VALUES(in_reply_to), in_reply_to), \
+                         text = IF(@tbird_wins, VALUES(text), text), \
+                         user_id = IF(@tbird_wins, VALUES(user_id), user_id), \
                          deleted = GREATEST(deleted, VALUES(deleted))"
                     )
                 } else {

@@ -330,6 +330,17 @@ impl Database {
         }
     }
 
+    /// Returns the database's clock in ms since the Unix epoch.
+    pub async fn now_ms(&self) -> Result<i64, DbError> {
+        let found = self
+            .query_ints(format!("SELECT {}", self.now_ms_sql()), Vec::new())
+            .await?;
+        found
+            .first()
+            .and_then(|row| row[0])
+            .ok_or_else(|| DbError::Value("the database returned no clock".into()))
+    }
+
     /// Returns whether table `name` exists in the database.
     pub async fn table_exists(&self, name: &str) -> Result<bool, DbError> {
         let sql = match self {

@@ -168,22 +168,17 @@ impl SweepStore {
             i64,
             i64,
         );
-        let now_sql = format!("SELECT {}", self.now());
-        let (rows, now_ms): (Vec<Row>, i64) = match &self.db {
+        let now_ms = self.db.now_ms().await?;
+        let rows: Vec<Row> = match &self.db {
             Database::Mysql { .. } => {
                 self.db
-                    .mysql(|mut conn| async move {
-                        let now: Option<i64> = conn.query_first(now_sql).await?;
-                        Ok((conn.query(SELECT_SWEEPS).await?, now.unwrap_or_default()))
-                    })
+                    .mysql(|mut conn| async move { conn.query(SELECT_SWEEPS).await })
                     .await?
             }
             Database::Sqlite { .. } => {
                 self.db
-                    .sqlite(move |conn| {
-                        let now = conn.query_row(&now_sql, [], |r| r.get(0))?;
-                        let rows = conn
-                            .prepare_cached(SELECT_SWEEPS)?
+                    .sqlite(|conn| {
+                        conn.prepare_cached(SELECT_SWEEPS)?
                             .query_map([], |r| {
                                 Ok((
                                     r.get(0)?,
@@ -197,8 +192,7 @@ impl SweepStore {
                                     r.get(8)?,
                                 ))
                             })?
-                            .collect::<Result<Vec<Row>, _>>()?;
-                        Ok((rows, now))
+                            .collect()
                     })
                     .await?
             }

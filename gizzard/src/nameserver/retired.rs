@@ -17,7 +17,7 @@ use super::{
     model::{ShardId, TopologyError},
     store::{NameServer, NameServerError},
 };
-use crate::db::{Database, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
+use crate::db::{Database, Param};
 
 pub(super) const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_retired (
     hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -97,38 +97,32 @@ impl NameServer {
     /// Returns every retired leaf whose table is not dropped yet.
     pub async fn retired(&self) -> Result<Vec<RetiredShard>, NameServerError> {
         type Row = (String, String, i64, String, Option<String>, Option<i64>);
-        let (rows, now_ms): (Vec<Row>, i64) = match self.database() {
+        let db = self.database();
+        let now_ms = db.now_ms().await?;
+        let rows: Vec<Row> = match db {
             Database::Mysql { .. } => {
-                self.database()
-                    .mysql(|mut conn| async move {
-                        use mysql_async::prelude::Queryable;
-                        let now: Option<i64> =
-                            conn.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
-                        Ok((conn.query(SELECT_ALL).await?, now.unwrap_or_default()))
-                    })
-                    .await?
+                db.mysql(|mut conn| async move {
+                    use mysql_async::prelude::Queryable;
+                    conn.query(SELECT_ALL).await
+                })
+                .await?
             }
             Database::Sqlite { .. } => {
-                self.database()
-                    .sqlite(|conn| {
-                        let now =
-                            conn.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
-                        let rows = conn
-                            .prepare_cached(SELECT_ALL)?
-                            .query_map([], |r| {
-                                Ok((
-                                    r.get(0)?,
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                ))
-                            })?
-                            .collect::<Result<Vec<Row>, _>>()?;
-                        Ok((rows, now))
-                    })
-                    .await?
+                db.sqlite(|conn| {
+                    conn.prepare_cached(SELECT_ALL)?
+                        .query_map([], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })?
+                        .collect()
+                })
+                .await?
             }
         };
         let corrupt = |reason: String| NameServerError::Corrupt {

@@ -194,6 +194,7 @@ impl Routing {
             refreshing: tokio::sync::Mutex::new(()),
         };
         routing.refresh(false).await?;
+        routing.nameserver.forget_lapsed_servers().await?;
         Ok(routing)
     }
 

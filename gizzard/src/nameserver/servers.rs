@@ -19,7 +19,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 
 use super::store::{NameServer, NameServerError};
-use crate::db::{Database, DbError, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
+use crate::db::{Database, DbError, Param};
 
 /// How long past a server's lease a step still waits for it: covers the difference in clock
 /// rates between the server and the database over one lease, with room to spare.
@@ -173,55 +173,32 @@ impl NameServer {
         Ok(Confirmation::Moved(self.version().await?))
     }
 
-    /// Returns every registered server, with the database's clock, and forgets those whose
-    /// lease ended over an hour ago.
+    /// Returns every registered server, with the database's clock.
     pub async fn servers(&self) -> Result<Vec<ServerRecord>, NameServerError> {
         type Row = (String, String, String, i64, i64, i64);
-        let forget_ms = FORGET_AFTER.as_millis() as i64;
-        let (rows, now_ms): (Vec<Row>, i64) = match self.database() {
+        let db = self.database();
+        let now_ms = db.now_ms().await?;
+        let rows: Vec<Row> = match db {
             Database::Mysql { .. } => {
-                self.database()
-                    .mysql(|mut conn| async move {
-                        conn.query_drop(format!(
-                            "DELETE FROM gizzard_servers \
-                             WHERE confirmed_ms + lease_ms + {forget_ms} < {MYSQL_NOW_MS}"
-                        ))
-                        .await?;
-                        let now: Option<i64> =
-                            conn.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
-                        let rows = conn.query(SELECT_SERVERS).await?;
-                        Ok((rows, now.unwrap_or_default()))
-                    })
+                db.mysql(|mut conn| async move { conn.query(SELECT_SERVERS).await })
                     .await?
             }
             Database::Sqlite { .. } => {
-                self.database()
-                    .sqlite(move |conn| {
-                        conn.execute(
-                            &format!(
-                                "DELETE FROM gizzard_servers \
-                                 WHERE confirmed_ms + lease_ms + {forget_ms} < {SQLITE_NOW_MS}"
-                            ),
-                            [],
-                        )?;
-                        let now =
-                            conn.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
-                        let rows = conn
-                            .prepare_cached(SELECT_SERVERS)?
-                            .query_map([], |r| {
-                                Ok((
-                                    r.get(0)?,
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                ))
-                            })?
-                            .collect::<Result<Vec<Row>, _>>()?;
-                        Ok((rows, now))
-                    })
-                    .await?
+                db.sqlite(|conn| {
+                    conn.prepare_cached(SELECT_SERVERS)?
+                        .query_map([], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })?
+                        .collect()
+                })
+                .await?
             }
         };
         rows.into_iter()
@@ -241,6 +218,19 @@ impl NameServer {
                 })
             })
             .collect()
+    }
+
+    /// Forgets the servers whose lease ended over an hour ago (crashed ones; a clean stop
+    /// leaves at once). Called when a server registers, so the registry stays small.
+    pub async fn forget_lapsed_servers(&self) -> Result<(), NameServerError> {
+        let db = self.database();
+        let sql = format!(
+            "DELETE FROM gizzard_servers WHERE confirmed_ms + lease_ms + ? < {}",
+            db.now_ms_sql()
+        );
+        db.execute(sql, vec![Param::Int(FORGET_AFTER.as_millis() as i64)])
+            .await?;
+        Ok(())
     }
 
     /// Removes `id`'s registration: a server that stopped cleanly, whose writes are done, so

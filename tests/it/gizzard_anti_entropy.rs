@@ -10,8 +10,9 @@ use gizzard::{
 };
 use tbird::{store::Row, tweet::Tweet};
 use tests::{
-    stack::{all_rows, wait_until},
+    stack::all_rows,
     tweets::{TweetCluster, TweetWriter, missing, settings},
+    wait_until,
 };
 
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -30,7 +31,7 @@ fn sweeping(nameserver_url: &str) -> ProxySettings {
 async fn replicas_that_diverged_behind_the_proxy_heal_within_a_sweep_interval() {
     let (cluster, server) = TweetCluster::start_with(2, 2, 1, &[], sweeping).await;
     let writes = TweetWriter::start(&server.tweets, 2, Duration::from_millis(10)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes.wait_for_acks(20, Duration::from_secs(30)).await;
     let ledger = writes.stop().await;
     assert!(!ledger.acked.is_empty());
 

@@ -174,20 +174,32 @@ async fn read_only_blocked_and_black_hole_nodes_route_as_designed() {
             (1, 1),
             "{class}: h1 gets a retry job"
         );
-        // The refusal retries without counting: never parked as bad while wrapped.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let bad = JobFilter {
-            state: Some(JobState::Bad),
-            ..JobFilter::default()
-        };
-        assert!(
-            cluster
-                .proxy
-                .queue
-                .list(&bad)
-                .await
-                .expect("list")
-                .is_empty()
+        // The refusal retries without counting: after two refusals (each reschedules the job)
+        // it is still ready with no attempt counted, so it is never parked while wrapped.
+        let mut schedules = std::collections::BTreeSet::new();
+        let mut job = None;
+        tests::wait_until(
+            &format!("{class}: h1's retry job is refused twice"),
+            Duration::from_secs(20),
+            async || {
+                let jobs = cluster
+                    .proxy
+                    .queue
+                    .list(&JobFilter::default())
+                    .await
+                    .expect("list");
+                assert_eq!(jobs.len(), 1, "{class}: one retry job: {jobs:?}");
+                schedules.insert(jobs[0].run_after_ms);
+                job = jobs.into_iter().next();
+                schedules.len() >= 3
+            },
+        )
+        .await;
+        let job = job.expect("the retry job");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Ready, 0),
+            "{class}: {job:?}"
         );
         let on_h1 =
             |rows: Vec<(ShardId, Vec<tests::kv::KvRow>)>| rows[0].1.iter().any(|r| r.key == key);

@@ -17,11 +17,11 @@ use proto::{
 use tbird::{store::TbirdWrite, tweet::Tweet};
 use tests::{
     relay::Relay,
-    stack::wait_until,
     tweets::{
         TweetCluster, TweetServer, TweetWriter, missing, missing_from_timelines, run_migration,
         settings, wait_migration,
     },
+    wait_until,
 };
 
 /// Starts a server whose nameserver connection (routing, queue, registry) goes through a
@@ -76,7 +76,7 @@ async fn a_server_cut_off_from_the_nameserver_loses_no_acknowledged_post_across_
     let (cluster, p1) = TweetCluster::start(4, 2, 3).await;
     let (relay, p2) = behind_relay(&cluster, Duration::from_millis(1_500)).await;
     let writes = TweetWriter::start(&p2.tweets, 4, Duration::from_millis(5)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes.wait_for_acks(20, Duration::from_secs(30)).await;
 
     relay.cut();
     let mut admin = cluster.admin(&p1).await;
@@ -121,7 +121,7 @@ async fn a_server_cut_off_from_the_nameserver_loses_no_acknowledged_post_across_
     )
     .await;
     eprintln!("writes resumed {:?} after the heal", healed_at.elapsed());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes.wait_for_acks(20, Duration::from_secs(30)).await;
     let ledger = writes.stop().await;
 
     assert!(

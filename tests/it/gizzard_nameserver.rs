@@ -445,8 +445,19 @@ async fn routing_changes_propagate_to_every_server() {
 
     // The database stops answering: polls fail and time out, routing keeps its snapshot.
     server.pause();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
     for routing in &routings {
+        // Unconfirmed for over two poll intervals: at least two polls failed meanwhile.
+        let polls_failed = gizzard::nameserver::DEFAULT_POLL_INTERVAL * 2;
+        tests::wait_until(
+            "polls fail while the nameserver is paused",
+            Duration::from_secs(20),
+            async || {
+                routing
+                    .confirmed_age()
+                    .is_some_and(|age| age > polls_failed)
+            },
+        )
+        .await;
         let snapshot = routing.current();
         assert_eq!(snapshot.version, 2);
         assert_eq!(

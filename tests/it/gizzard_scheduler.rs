@@ -15,7 +15,7 @@ use gizzard::{
         NewJob, Priority, QueueError, RetryPolicy, RetryTarget, WorkerSettings, Workers,
     },
 };
-use tests::MariaDb;
+use tests::{MariaDb, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const LONG_LEASE: Duration = Duration::from_secs(30);
@@ -480,14 +480,6 @@ impl JobRunner for Runner {
                 _ => Ok(()),
             }
         })
-    }
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < within, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

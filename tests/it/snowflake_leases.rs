@@ -59,11 +59,13 @@ async fn suite(store: LeaseStore) {
 
     // After expiry another owner takes over and inherits the reservation as its floor; the
     // old holder's renewal then fails as lost.
-    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
-    let floor = store
-        .acquire(PAIR, "beta", TTL, 7_000)
-        .await
-        .expect("expired lease");
+    let mut floor = None;
+    tests::wait_until("alpha's lease expires for beta", TTL * 10, async || {
+        floor = store.acquire(PAIR, "beta", TTL, 7_000).await.ok();
+        floor.is_some()
+    })
+    .await;
+    let floor = floor.expect("expired lease");
     assert_eq!(floor, 6_500, "the latest reservation alpha recorded");
     let err = store
         .renew(PAIR, "alpha", TTL, 8_000)

@@ -66,11 +66,18 @@ async fn prefetched_ids_are_unique_fresh_and_fail_cleanly_without_snowflake() {
     }
     assert_eq!(all.len(), 2_000);
 
-    // After a quiet spell the buffered ids are stale; the next one handed out is fresh.
+    // After a quiet spell the buffered ids are stale; the next one handed out is fresh: issued
+    // after the spell, not taken from the buffer filled before it. (Judged against the
+    // spell's end, so a slow machine cannot make a fresh id look stale.)
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let spell_ended = now_ms();
     let id = ids.next_id().await.expect("fresh id");
-    let age = now_ms().saturating_sub(IdParts::decompose(id).expect("valid").timestamp_ms);
-    assert!(age <= 100, "handed out an id {age} ms old");
+    let issued = IdParts::decompose(id).expect("valid").timestamp_ms;
+    assert!(
+        issued + 100 >= spell_ended,
+        "handed out an id issued {} ms before the quiet spell ended",
+        spell_ended.saturating_sub(issued)
+    );
 
     // Without the daemon, callers get a clear error within the wait, once the buffer is stale.
     daemon_stop.cancel();

@@ -22,7 +22,10 @@ use std::{
 };
 
 use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, tweets_client::TweetsClient};
-use tests::stack::{SHARD_DB, TbirdStack, all_rows, wait_until};
+use tests::{
+    stack::{SHARD_DB, TbirdStack, all_rows},
+    wait_until,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};

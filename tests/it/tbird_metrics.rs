@@ -8,7 +8,10 @@ use std::{
 };
 
 use proto::tbird::v1::{GetTweetRequest, PostTweetRequest, tweets_client::TweetsClient};
-use tests::stack::{Metrics, TbirdStack, free_port, scrape, wait_until};
+use tests::{
+    stack::{Metrics, TbirdStack, free_port, scrape},
+    wait_until,
+};
 use tonic::{Code, transport::Channel};
 
 const LIMIT: Duration = Duration::from_secs(40);

@@ -13,6 +13,9 @@ use tests::tweets::{
 };
 
 /// Posts from four tasks, a few hundred a second in all.
+/// How long a writer may take to show its load is flowing.
+const LOAD_LIMIT: Duration = Duration::from_secs(30);
+
 async fn writer(server: &TweetServer) -> TweetWriter {
     writer_at(&server.tweets).await
 }
@@ -103,7 +106,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     // after the last page.
     load(&cluster.hosts[..2], "t1_0000", 1 << 40, 3_000).await;
     let writes = writer(&server).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes.wait_for_acks(20, LOAD_LIMIT).await;
     let mut admin = cluster.admin(&server).await;
 
     let moved = run_migration(
@@ -125,7 +128,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
     )
     .await;
     assert_eq!(added.status, "done", "{added:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes.wait_for_acks(20, LOAD_LIMIT).await;
     let ledger = writes.stop().await;
 
     let topology = dump(&cluster, &server).await;
@@ -165,7 +168,7 @@ async fn a_move_and_a_new_replica_under_load_lose_nothing() {
 async fn a_split_under_load_moves_the_upper_range_and_cleans_up() {
     let (cluster, server) = TweetCluster::start(2, 2, 2).await;
     let writes = writer(&server).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes.wait_for_acks(20, LOAD_LIMIT).await;
     let mut admin = cluster.admin(&server).await;
     let split = run_migration(
         &mut admin,
@@ -178,7 +181,7 @@ async fn a_split_under_load_moves_the_upper_range_and_cleans_up() {
     .await;
     assert_eq!(split.status, "done", "{split:?}");
     assert!(split.rows_copied > 0, "{split:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes.wait_for_acks(20, LOAD_LIMIT).await;
     let ledger = writes.stop().await;
 
     let topology = dump(&cluster, &server).await;
@@ -209,7 +212,7 @@ async fn a_split_under_load_moves_the_upper_range_and_cleans_up() {
 async fn gizzmo_rebalances_two_hosts_onto_three_under_load() {
     let (cluster, server) = TweetCluster::start(3, 2, 3).await;
     let writes = writer(&server).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes.wait_for_acks(20, LOAD_LIMIT).await;
     let admin = server.admin.clone();
     let gizzmo = move |args: &[&str]| {
         let mut all = vec!["--addr", admin.as_str()];
@@ -317,7 +320,10 @@ async fn load(hosts: &[tests::MariaDb], prefix: &str, first_id: u64, rows: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_resumes_after_its_server_process_is_killed_mid_copy() {
-    use tests::stack::{TbirdStack, ok, wait_until};
+    use tests::{
+        stack::{TbirdStack, ok},
+        wait_until,
+    };
     let mut stack = TbirdStack::start(2, 2, false).await;
     let third = tests::MariaDb::start().await.expect("mariadb");
     let url = third.create_database("tbird").await.expect("db");
@@ -393,8 +399,9 @@ async fn a_rebalance_resumes_after_its_server_process_is_killed_mid_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_move_leaves_the_old_tree_whole() {
     let (cluster, first) = TweetCluster::start(3, 2, 1).await;
+    // Rows enough that the throttled copy (400 rows/s) is still running when it is cancelled.
     let writes = TweetWriter::start(&first.tweets, 8, Duration::ZERO).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    writes.wait_for_acks(1_000, LOAD_LIMIT).await;
     let mut ledger = writes.stop().await;
     first.kill().await;
 

@@ -15,6 +15,7 @@
 //! - [`stack`]: a T-Bird stack as real processes (MariaDB servers, Snowflake, `tbird serve`)
 //!   that tests kill and restart, and how to look at it from outside (queue depth, rows,
 //!   `/metrics`).
+//! - [`wait`]: waiting for a condition, never for a fixed time ([`wait_until`]).
 
 pub mod binary;
 pub mod cluster;
@@ -23,5 +24,7 @@ pub mod mariadb;
 pub mod relay;
 pub mod stack;
 pub mod tweets;
+pub mod wait;
 
 pub use mariadb::{HarnessError, MariaDb};
+pub use wait::wait_until;

@@ -14,7 +14,7 @@ use std::{
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{MariaDb, binary};
+use crate::{MariaDb, binary, wait_until};
 
 /// Returns a loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -92,19 +92,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Polls `ready` every 100ms until it holds; panics naming `what` after `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !ready().await {
-        assert!(started.elapsed() < limit, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

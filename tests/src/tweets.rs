@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -309,6 +312,8 @@ pub struct Ledger {
 pub struct TweetWriter {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<Ledger>>,
+    /// Posts acknowledged so far, by every task.
+    acked: Arc<AtomicU64>,
 }
 
 impl TweetWriter {
@@ -321,9 +326,11 @@ impl TweetWriter {
             .connect()
             .await
             .expect("connect tweets");
+        let acked = Arc::new(AtomicU64::new(0));
         let tasks = (0..concurrency)
             .map(|task| {
                 let (mut client, stop) = (TweetsClient::new(channel.clone()), stop.clone());
+                let acked = acked.clone();
                 tokio::spawn(async move {
                     let mut ledger = Ledger::default();
                     let mut n = 0u64;
@@ -347,6 +354,7 @@ impl TweetWriter {
                                 ledger.acked.push(id);
                                 ledger.users.insert(id, user_id);
                                 ledger.slowest = ledger.slowest.max(started.elapsed());
+                                acked.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(Err(status)) => ledger.failures.push(status.to_string()),
                             Err(_) => ledger.failures.push("no answer within 10s".into()),
@@ -357,7 +365,19 @@ impl TweetWriter {
                 })
             })
             .collect();
-        Self { stop, tasks }
+        Self { stop, tasks, acked }
+    }
+
+    /// Waits until `more` posts beyond those acknowledged so far are acknowledged, so that a
+    /// test's load demonstrably runs across what it does next; panics after `limit`.
+    pub async fn wait_for_acks(&self, more: u64, limit: Duration) {
+        let target = self.acked.load(Ordering::Relaxed) + more;
+        crate::wait_until(
+            &format!("{more} more acknowledged posts"),
+            limit,
+            async || self.acked.load(Ordering::Relaxed) >= target,
+        )
+        .await;
     }
 
     /// Stops posting and returns the merged ledger.

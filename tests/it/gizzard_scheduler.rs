@@ -74,19 +74,20 @@ async fn purge_all(queue: &JobQueue) {
     assert!(queue.depth().await.expect("depth").is_empty());
 }
 
-/// Every queue behaviour a user relies on, against the database at `url`.
-async fn suite(url: &str) {
-    let queue = open(url).await;
-    priority_order(&queue).await;
-    pause_and_resume(&queue, &open(url).await).await;
-    backoff_then_bad(&queue).await;
-    refusals_never_make_a_job_bad(&queue).await;
-    retry_now_and_purge(&queue).await;
-    leases_guard_completion(&queue).await;
-    concurrent_claimers(url).await;
-}
+// Every queue behaviour a user relies on, one test per case on SQLite and on MariaDB.
+tests::backend_suite!(
+    priority_order,
+    pause_and_resume,
+    backoff_then_bad,
+    refusals_never_make_a_job_bad,
+    retry_now_and_purge,
+    leases_guard_completion,
+    concurrent_claimers,
+    worker_takes_over_a_dead_workers_job,
+);
 
-async fn priority_order(queue: &JobQueue) {
+async fn priority_order(url: &str) {
+    let queue = &open(url).await;
     let ids = queue
         .enqueue_many(&[
             job(Priority::Copy, "c1"),
@@ -122,7 +123,8 @@ async fn priority_order(queue: &JobQueue) {
     assert!(queue.depth().await.expect("depth").is_empty());
 }
 
-async fn pause_and_resume(queue: &JobQueue, other_server: &JobQueue) {
+async fn pause_and_resume(url: &str) {
+    let (queue, other_server) = (&open(url).await, &open(url).await);
     queue.pause(Priority::High).await.expect("pause");
     assert_eq!(
         other_server.paused().await.expect("paused"),
@@ -161,7 +163,8 @@ async fn pause_and_resume(queue: &JobQueue, other_server: &JobQueue) {
     other_server.complete(&claimed[0]).await.expect("complete");
 }
 
-async fn backoff_then_bad(queue: &JobQueue) {
+async fn backoff_then_bad(url: &str) {
+    let queue = &open(url).await;
     let id = queue
         .enqueue(&job(Priority::High, "flaky").with_shard("db1/t_0001"))
         .await
@@ -240,7 +243,8 @@ async fn backoff_then_bad(queue: &JobQueue) {
     );
 }
 
-async fn refusals_never_make_a_job_bad(queue: &JobQueue) {
+async fn refusals_never_make_a_job_bad(url: &str) {
+    let queue = &open(url).await;
     let id = queue
         .enqueue(&job(Priority::High, "blocked"))
         .await
@@ -276,8 +280,25 @@ async fn refusals_never_make_a_job_bad(queue: &JobQueue) {
     queue.complete(&job[0]).await.expect("complete");
 }
 
-async fn retry_now_and_purge(queue: &JobQueue) {
-    // The bad job of the backoff test returns with its attempts reset, runnable at once.
+/// Enqueues a job for shard `db1/t_0001` and fails it up to the error limit: parked as bad.
+async fn park_as_bad(queue: &JobQueue, name: &str) {
+    queue
+        .enqueue(&job(Priority::High, name).with_shard("db1/t_0001"))
+        .await
+        .expect("enqueue");
+    loop {
+        let claimed = claim_within(queue, "a", Duration::from_secs(3)).await;
+        let job = claimed.first().expect("claimable until parked");
+        if let FailOutcome::Parked { .. } = queue.fail(job, "failing", true).await.expect("fail") {
+            return;
+        }
+    }
+}
+
+async fn retry_now_and_purge(url: &str) {
+    let queue = &open(url).await;
+    park_as_bad(queue, "flaky").await;
+    // A bad job returns with its attempts reset, runnable at once.
     assert_eq!(
         queue.retry_now(&RetryTarget::AllBad).await.expect("retry"),
         1
@@ -334,7 +355,8 @@ async fn retry_now_and_purge(queue: &JobQueue) {
     assert!(queue.depth().await.expect("depth").is_empty());
 }
 
-async fn leases_guard_completion(queue: &JobQueue) {
+async fn leases_guard_completion(url: &str) {
+    let queue = &open(url).await;
     queue
         .enqueue(&job(Priority::Low, "leased"))
         .await
@@ -427,26 +449,6 @@ async fn concurrent_claimers(url: &str) {
     );
     assert!(queue.depth().await.expect("depth").is_empty());
     purge_all(&queue).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_queue_on_sqlite() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("nameserver.db").display());
-    suite(&url).await;
-    worker_takes_over_a_dead_workers_job(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_queue_on_mariadb() {
-    let db = MariaDb::start().await.expect("start mariadb");
-    let url = db.create_database("queue").await.expect("create database");
-    suite(&url).await;
-    let url = db
-        .create_database("workers")
-        .await
-        .expect("create database");
-    worker_takes_over_a_dead_workers_job(&url).await;
 }
 
 /// Records every run, and behaves by job type.

@@ -10,6 +10,7 @@
 //!   tables.
 //! - [`tweets`]: a T-Bird cluster with in-process servers, and a writer that keeps a ledger
 //!   of acknowledged posts, for migration tests and benchmarks.
+//! - [`backend`]: one test suite run on every backend ([`backend_suite!`]), one test per case.
 //! - [`binary`]: builds and locates the workspace's binaries, for tests that run a daemon as
 //!   a real process (to SIGKILL it).
 //! - [`stack`]: a T-Bird stack as real processes (MariaDB servers, Snowflake, `tbird serve`)
@@ -17,6 +18,7 @@
 //!   `/metrics`).
 //! - [`wait`]: waiting for a condition, never for a fixed time ([`wait_until`]).
 
+pub mod backend;
 pub mod binary;
 pub mod cluster;
 pub mod kv;

@@ -12,10 +12,8 @@ use std::{
 
 use futures::future::{join_all, try_join_all};
 
+pub use crate::shards::MAX_KEY;
 use crate::shards::{PhysicalShard, ShardError};
-
-/// The largest routing key (keys are below 2^63).
-pub const MAX_KEY: u64 = i64::MAX as u64;
 
 /// How copies and diffs pace themselves.
 #[derive(Clone, Debug, PartialEq)]

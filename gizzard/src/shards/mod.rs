@@ -25,7 +25,7 @@ pub mod router;
 pub mod write;
 
 pub use node::{Leaf, Node, WritePlan};
-pub use registry::{Checksum, PhysicalShard, Registry};
+pub use registry::{Checksum, MAX_KEY, PhysicalShard, Registry};
 pub use router::ShardRouter;
 pub use write::{WriteError, WriteOp, WriteOutcome, Writer};
 

@@ -16,6 +16,9 @@ use crate::{
     nameserver::{ShardInfo, ShardTypes},
 };
 
+/// The largest routing key (keys are below 2^63, so they fit a signed BIGINT).
+pub const MAX_KEY: u64 = i64::MAX as u64;
+
 /// The row count and an order-independent digest of a range of rows: equal checksums mean
 /// equal rows, so replicas are compared without shipping rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,7 +89,7 @@ pub trait PhysicalShard: Send + Sync + 'static {
         hashes: Option<Range<i64>>,
     ) -> impl Future<Output = Result<u64, ShardError>> + Send {
         async move {
-            let all = 0..=crate::migrate::ops::MAX_KEY;
+            let all = 0..=MAX_KEY;
             Ok(self.checksum(all, hashes).await?.rows)
         }
     }

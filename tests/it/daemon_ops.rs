@@ -52,9 +52,18 @@ fn every_series_has_help(text: &str) -> Vec<String> {
     let mut names: Vec<String> = scrape.samples.iter().map(|s| s.metric.clone()).collect();
     names.sort();
     names.dedup();
+    // A histogram's `_sum` and `_count` series belong to its family, which the HELP names.
+    let family = |name: &str| {
+        ["_sum", "_count", "_bucket"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| scrape.docs.contains_key(*base))
+            .unwrap_or(name)
+            .to_owned()
+    };
     let undescribed: Vec<&String> = names
         .iter()
-        .filter(|name| !scrape.docs.contains_key(*name))
+        .filter(|name| !scrape.docs.contains_key(&family(name)))
         .collect();
     assert!(
         undescribed.is_empty(),

@@ -13,6 +13,10 @@ SHARDS=6
 PORT_BASE=23306
 DETACH=0
 BUILD=1
+# Seconds `up` waits for each daemon to answer.
+WAIT="${DEV_MYSQL_WAIT:-30}"
+# What this invocation of `up` started, as pid files: on failure it stops these and no others.
+STARTED=()
 COMMAND=up
 BIN_DIR=
 
@@ -40,6 +44,11 @@ Options:
 
 Ports: MariaDB P..P+2, Snowflake 7609, tbird 7915, ShardManager 7920, metrics 9990, all on
 127.0.0.1, so \`tbird\` and \`gizzmo\` reach it with their default addresses.
+
+\`up\` next to a cluster that already runs from DIR starts only what is missing, and if it
+fails or is interrupted it stops only what it started itself. Each wait is bounded by the
+wall clock (DEV_MYSQL_WAIT seconds for a daemon, 30 by default; 60 for MariaDB), and every
+probe in it has its own deadline, so a paused process cannot stretch one.
 
 Data survives \`stop\`: the next \`up\` on the same DIR keeps the tweets and the topology.
 MariaDB runs with innodb_flush_log_at_trx_commit=1 and binary logging off (so sync_binlog does
@@ -70,6 +79,7 @@ while [ $# -gt 0 ]; do
 done
 case "$SHARDS" in ''|*[!0-9]*) echo "dev-mysql: --shards must be a number" >&2; exit 2 ;; esac
 case "$PORT_BASE" in ''|*[!0-9]*) echo "dev-mysql: --port-base must be a number" >&2; exit 2 ;; esac
+case "$WAIT" in ''|*[!0-9]*) echo "dev-mysql: DEV_MYSQL_WAIT must be a number" >&2; exit 2 ;; esac
 if [ "$COMMAND" = up ]; then
   mkdir -p "$DIR"
 elif [ ! -d "$DIR" ]; then
@@ -120,14 +130,27 @@ stop_pid() {
   rm -f "$file"
 }
 
-stop_all() {
+# Stops the processes of the pid files given, in the order of stop_all.
+stop_these() {
+  local file i
   # Clients of the databases first, so nothing is cut off mid-write.
-  stop_pid "$DIR/tbird.pid" 20
-  stop_pid "$DIR/snowflake.pid" 10
+  for file in "$DIR/tbird.pid" "$DIR/snowflake.pid"; do
+    if printf '%s\n' "$@" | grep -qxF "$file"; then
+      case "$file" in */tbird.pid) stop_pid "$file" 20 ;; *) stop_pid "$file" 10 ;; esac
+    fi
+  done
   for i in 0 1 2; do
-    stop_pid "$DIR/mariadb-${HOSTS[$i]}/mariadbd.pid" 60
+    file="$DIR/mariadb-${HOSTS[$i]}/mariadbd.pid"
+    if printf '%s\n' "$@" | grep -qxF "$file"; then stop_pid "$file" 60; fi
   done
 }
+
+stop_all() {
+  stop_these "$DIR/tbird.pid" "$DIR/snowflake.pid" "$DIR"/mariadb-{a,b,c}/mariadbd.pid
+}
+
+# Prints the wall-clock time in milliseconds.
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 status() {
   local name file pid running=0
@@ -210,12 +233,14 @@ start_mariadb() {
     --character-set-server=utf8mb4 --collation-server=utf8mb4_bin \
     </dev/null >/dev/null 2>&1 &
   echo $! >"$home/mariadbd.pid"
+  STARTED+=("$home/mariadbd.pid")
 }
 
 wait_mariadb() {
-  local i="$1" host="${HOSTS[$1]}" home i_try
+  local i="$1" host="${HOSTS[$1]}" home deadline
   home="$DIR/mariadb-$host"
-  for ((i_try = 0; i_try < 600; i_try++)); do
+  deadline=$(($(now_ms) + 60000))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
     if sql "$i" "SELECT 1" >/dev/null 2>&1; then return; fi
     alive_pid "$home/mariadbd.pid" >/dev/null ||
       die "mariadb $host exited; see $home/error.log"
@@ -224,12 +249,14 @@ wait_mariadb() {
   die "mariadb $host did not answer within 60s; see $home/error.log"
 }
 
-# Runs SQL on server $1 through its socket.
+# Runs SQL on server $1 through its socket, giving up after 10 s (a paused server never
+# answers).
 sql() {
   local client
   client="$(find_tool mariadb || find_tool mysql)" ||
     die "the mariadb client is missing: apt-get install mariadb-client-core"
-  "$client" --no-defaults -u root --socket="$DIR/mariadb-${HOSTS[$1]}/mysqld.sock" -N -e "$2"
+  timeout -k 1 10 "$client" --no-defaults --connect-timeout=5 -u root \
+    --socket="$DIR/mariadb-${HOSTS[$1]}/mysqld.sock" -N -e "$2"
 }
 
 start_daemon() {
@@ -240,16 +267,20 @@ start_daemon() {
   fi
   RUST_LOG="${RUST_LOG:-info}" setsid "$@" </dev/null >>"$DIR/$name.log" 2>&1 &
   echo $! >"$DIR/$name.pid"
+  STARTED+=("$DIR/$name.pid")
 }
 
+# Runs the probe "$@" until it succeeds, for at most WAIT seconds of wall clock; each try
+# gets 2 s, so a process that accepts connections but never answers cannot stretch the wait.
 wait_for() {
-  local what="$1" pidfile="$2" tries; shift 2
-  for ((tries = 0; tries < 300; tries++)); do
-    if "$@" >/dev/null 2>&1; then return; fi
+  local what="$1" pidfile="$2" deadline; shift 2
+  deadline=$(($(now_ms) + WAIT * 1000))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
+    if timeout -k 1 2 "$@" >/dev/null 2>&1; then return; fi
     alive_pid "$pidfile" >/dev/null || die "$what exited; see $DIR/$what.log"
     sleep 0.1
   done
-  die "$what did not answer within 30s; see $DIR/$what.log"
+  die "$what did not answer within ${WAIT}s; see $DIR/$what.log"
 }
 
 gizzmo() { "$TARGET/gizzmo" --addr "$ADMIN_ADDR" "$@" >/dev/null; }
@@ -299,11 +330,12 @@ up() {
 
   start_daemon snowflake "$TARGET/snowflake" serve --listen "$SNOWFLAKE_ADDR" \
     --worker-id 1 --no-metrics
-  wait_for snowflake "$DIR/snowflake.pid" "$TARGET/snowflake" get --addr "$SNOWFLAKE_ADDR"
+  wait_for snowflake "$DIR/snowflake.pid" "$TARGET/snowflake" get --addr "$SNOWFLAKE_ADDR" \
+    --timeout 1s
   start_daemon tbird "$TARGET/tbird" serve --nameserver-url "$(url_of 0 gizzard)" \
     --snowflake-addr "$SNOWFLAKE_ADDR" --listen "$TWEETS_ADDR" --admin-listen "$ADMIN_ADDR" \
     --metrics-listen "$METRICS_ADDR"
-  wait_for tbird "$DIR/tbird.pid" "$TARGET/gizzmo" --addr "$ADMIN_ADDR" hosts
+  wait_for tbird "$DIR/tbird.pid" "$TARGET/gizzmo" --addr "$ADMIN_ADDR" --timeout 1s hosts
   if ! "$TARGET/gizzmo" --addr "$ADMIN_ADDR" forwardings --table 1 | grep -q localhost/; then
     create_topology
   else
@@ -317,7 +349,11 @@ up() {
     return
   fi
   STATE=running
-  log "running; Ctrl-C stops everything"
+  if [ "${#STARTED[@]}" = 0 ]; then
+    log "running (all of it was running already); Ctrl-C leaves it running"
+  else
+    log "running; Ctrl-C stops what this started"
+  fi
   # Wait for a signal, or for a process to die (then stop the rest and say so).
   while status >/dev/null && alive_pid "$DIR/tbird.pid" >/dev/null &&
         alive_pid "$DIR/snowflake.pid" >/dev/null; do
@@ -325,18 +361,24 @@ up() {
     wait $! || true
   done
   STATE=failed
-  log "a process exited; stopping the rest (see $DIR/*.log)"
+  log "a process exited; stopping what this started (see $DIR/*.log)"
   exit 1
 }
 
+# Stops what this invocation started, and nothing else: a cluster that was already running
+# (detached, or from another terminal) is left as it was.
 on_exit() {
   case "$STATE" in
     detached) return ;;
-    starting) log "start failed; stopping what was started" ;;
+    starting) log "start failed; stopping what this started" ;;
     running) log "stopping" ;;
   esac
-  stop_all
-  log "stopped"
+  if [ "${#STARTED[@]}" = 0 ]; then
+    log "started nothing; leaving the running processes alone"
+    return
+  fi
+  stop_these "${STARTED[@]}"
+  log "stopped what this started"
 }
 
 case "$COMMAND" in

@@ -28,3 +28,5 @@ export PATH="$PATH:/usr/sbin"
 # no-ops and compile errors show before any test runs.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast
+# `scripts/dev-mysql.sh up` next to a running cluster with a paused component leaves it running.
+scripts/dev-mysql-check.sh

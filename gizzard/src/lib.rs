@@ -11,12 +11,14 @@
 //!   failure accrual, the application's physical shard types, and the write path.
 //! - [`migrate`]: online copy, diff and repair, and the move, split and rebalance workflows.
 //! - [`manager`]: the admin gRPC service `gizzard.v1.ShardManager`.
+//! - [`metrics`]: the `# HELP` text of every series Gizzard emits.
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 //! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
 
 pub use db;
 pub mod gizzmo;
 pub mod manager;
+pub mod metrics;
 pub mod migrate;
 pub mod nameserver;
 pub mod scheduler;

@@ -21,7 +21,8 @@ pub const MAX_BATCH_LIMIT: u32 = 1_000_000;
 pub struct Config {
     /// Address of the gRPC service.
     pub listen: SocketAddr,
-    /// Address of the HTTP endpoint serving `/metrics`; none to turn it off.
+    /// Address of the HTTP endpoint serving `/metrics`; `"off"` in the file serves none.
+    #[serde(deserialize_with = "daemon::metrics::deserialize_listen")]
     pub metrics_listen: Option<SocketAddr>,
     /// Datacenter id, 0 to 31.
     pub datacenter_id: u8,
@@ -42,6 +43,10 @@ pub struct Config {
     pub clock_tolerance: Duration,
     /// The largest `GetIds` batch.
     pub max_batch: u32,
+    /// Async worker threads; none for one per core.
+    pub threads: Option<usize>,
+    /// How log lines are written: `text` or `json`.
+    pub log_format: daemon::logs::LogFormat,
 }
 
 impl Default for Config {
@@ -56,6 +61,8 @@ impl Default for Config {
             lease_acquire_timeout: None,
             clock_tolerance: Duration::from_millis(DEFAULT_CLOCK_TOLERANCE_MS),
             max_batch: DEFAULT_MAX_BATCH,
+            threads: None,
+            log_format: daemon::logs::LogFormat::Text,
         }
     }
 }
@@ -127,6 +134,9 @@ impl Config {
                 self.max_batch
             ));
         }
+        if self.threads == Some(0) {
+            return invalid("threads must be at least 1 (leave it out for one per core)".into());
+        }
         Ok(())
     }
 
@@ -170,5 +180,23 @@ mod tests {
 
         let err = toml::from_str::<Config>("worker-idd = 3").expect_err("unknown key");
         assert!(err.to_string().contains("worker-idd"), "{err}");
+
+        let config = Config {
+            worker_id: Some(1),
+            threads: Some(0),
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("no threads");
+        assert!(err.to_string().contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_and_threads_and_logs_set_in_the_file() {
+        let config: Config =
+            toml::from_str("metrics-listen = \"off\"\nthreads = 1\nlog-format = \"json\"")
+                .expect("parses");
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.threads, Some(1));
+        assert_eq!(config.log_format, daemon::logs::LogFormat::Json);
     }
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use daemon::{logs::LogFormat, metrics::Listen};
 use snowflake::{
     bench::{self, BenchSettings},
     client::Client,
@@ -52,11 +52,13 @@ enum Command {
     },
     /// Print the time, datacenter, worker and sequence of ids.
     Decode {
+        /// The ids, in decimal.
         #[arg(required = true)]
         ids: Vec<u64>,
     },
     /// Load a daemon and report ids/s and latency percentiles.
     Bench {
+        /// Daemon address, HOST:PORT.
         #[arg(long, env = "SNOWFLAKE_ADDR", default_value = "127.0.0.1:7609")]
         addr: String,
         /// Callers in flight at once.
@@ -74,7 +76,8 @@ enum Command {
     },
 }
 
-/// Flags of `serve`; each overrides the config file and has a SNOWFLAKE_* variable.
+/// Flags of `serve`; each overrides the config file key of its name and has a SNOWFLAKE_*
+/// variable (the `the_serve_flags_keys_and_variables_match` test holds them to it).
 #[derive(Args)]
 struct ServeArgs {
     /// TOML config file (see snowflake/snowflake.example.toml).
@@ -83,11 +86,15 @@ struct ServeArgs {
     /// gRPC address [default: 0.0.0.0:7609].
     #[arg(long, env = "SNOWFLAKE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Metrics address, serving /metrics [default: 0.0.0.0:9990].
-    #[arg(long, env = "SNOWFLAKE_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// Serve no metrics.
-    #[arg(long)]
+    /// Metrics address, serving /metrics, or `off` [default: 0.0.0.0:9990].
+    #[arg(long, env = "SNOWFLAKE_METRICS_LISTEN", value_name = "ADDR|off")]
+    metrics_listen: Option<Listen>,
+    /// Serve no metrics, whatever --metrics-listen says; in the file: metrics-listen = "off".
+    #[arg(
+        long,
+        env = "SNOWFLAKE_NO_METRICS",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     no_metrics: bool,
     /// Datacenter id, 0 to 31 [default: 0].
     #[arg(long, env = "SNOWFLAKE_DATACENTER_ID")]
@@ -114,6 +121,9 @@ struct ServeArgs {
     /// a small machine.
     #[arg(long, env = "SNOWFLAKE_THREADS")]
     threads: Option<usize>,
+    /// How log lines are written [default: text].
+    #[arg(long, env = "SNOWFLAKE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// Fault injection for tests: shift the daemon's clock by this many milliseconds.
     #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
     clock_offset_ms: i64,
@@ -136,7 +146,10 @@ impl ServeArgs {
             lease_ttl,
             lease_acquire_timeout
         );
-        overlay!(clock_tolerance, max_batch, metrics_listen);
+        overlay!(clock_tolerance, max_batch, threads, log_format);
+        if let Some(listen) = self.metrics_listen {
+            config.metrics_listen = listen.0;
+        }
         if self.no_metrics {
             config.metrics_listen = None;
         }
@@ -170,28 +183,29 @@ fn error_text(err: &anyhow::Error) -> String {
 }
 
 fn start() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let command = Cli::parse().command;
     let runtime = match &command {
         Command::Serve(args) => {
-            let threads = args.threads.unwrap_or_else(|| {
+            // The config decides the log format and the threads, so it is read first; its
+            // errors print as the exit message.
+            let config = args.config()?;
+            daemon::logs::init(config.log_format);
+            let threads = config.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
+                .worker_threads(threads)
                 .enable_all()
                 .build()
         }
         // The tools run on the calling thread: a load generator sharing the machine with the
         // daemon should leave it the other cores, and one thread needs no cross-thread wake-ups.
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        _ => {
+            daemon::logs::init(LogFormat::Text);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
     }
     .context("start the async runtime")?;
     runtime.block_on(run(command))
@@ -248,23 +262,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    let shutdown = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(
-                Matcher::Suffix("duration_seconds".into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5,
-                ],
-            )
-            .context("configure metrics")?
-            .install()
-            .with_context(|| format!("serve metrics on {addr}"))?;
+        const BUCKETS: &[f64] = &[
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5,
+        ];
+        daemon::metrics::install(addr, BUCKETS, shutdown.clone()).await?;
+        snowflake::service::describe_metrics();
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let clock = Arc::new(SystemClock::with_offset(args.clock_offset_ms));
     server::run(listener, config, clock, shutdown).await?;
@@ -281,4 +289,59 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_serve_flags_keys_and_variables_match() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        // Deliberately a flag only: `config` names the file; `no-metrics` is
+        // `metrics-listen = "off"` in the file.
+        let problems = daemon::config::coverage_problems(
+            serve,
+            &daemon::config::keys::<Config>(),
+            "SNOWFLAKE",
+            &["config", "no-metrics"],
+        );
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let missing = daemon::config::undocumented_args(&Cli::command());
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn no_metrics_and_off_turn_metrics_off() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).expect("parses").command {
+            Command::Serve(serve) => serve.config().expect("valid"),
+            _ => unreachable!("serve"),
+        };
+        let off = parse(&[
+            "snowflake",
+            "serve",
+            "--worker-id",
+            "1",
+            "--metrics-listen",
+            "off",
+        ]);
+        assert_eq!(off.metrics_listen, None);
+        let none = parse(&["snowflake", "serve", "--worker-id", "1", "--no-metrics"]);
+        assert_eq!(none.metrics_listen, None);
+        let threads =
+            Cli::try_parse_from(["snowflake", "serve", "--worker-id", "1", "--threads", "0"])
+                .expect("parses");
+        let Command::Serve(serve) = threads.command else {
+            unreachable!("serve")
+        };
+        let err = serve.config().expect_err("no threads");
+        assert!(err.to_string().contains("threads"), "{err}");
+    }
 }

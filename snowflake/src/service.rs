@@ -170,6 +170,21 @@ impl SnowflakeService {
     }
 }
 
+/// Describes every series the id service emits, for `# HELP`; call it once after installing
+/// the recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "snowflake_ids_issued_total",
+        "Ids issued, by user agent (agents past the first 1,000 count as other)"
+    );
+    metrics::describe_counter!("snowflake_refusals_total", "Requests refused, by reason");
+    metrics::describe_histogram!(
+        "snowflake_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Latency of GetId and GetIds calls, by method"
+    );
+}
+
 fn refused(reason: &'static str) {
     metrics::counter!("snowflake_refusals_total", "reason" => reason).increment(1);
 }

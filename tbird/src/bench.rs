@@ -409,7 +409,7 @@ impl Target {
             Target::Proxy(clients) => {
                 let request = PostTweetRequest {
                     user_id: user,
-                    text: text(caller, n).into_bytes(),
+                    text: text(caller, n),
                     in_reply_to: None,
                 };
                 let mut client = clients[caller % clients.len()].clone();

@@ -73,7 +73,7 @@ pub async fn run(
     })?;
     // First: the proxy and the service take their metric handles from the recorder.
     if let Some(addr) = settings.metrics_listen {
-        crate::metrics::install(addr)?;
+        crate::metrics::install(addr, shutdown.clone()).await?;
     }
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use daemon::{logs::LogFormat, metrics::Listen};
 use proto::tbird::v1::{
     DeleteTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest, Tweet,
     UserTweetsRequest, tweets_client::TweetsClient,
@@ -32,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a production server: a MySQL nameserver, shards on MySQL hosts, ids from Snowflake.
@@ -81,6 +84,24 @@ enum Command {
         /// [default: 10000].
         #[arg(long, env = "TBIRD_ANTI_ENTROPY_ROWS_PER_SECOND")]
         anti_entropy_rows_per_second: Option<u64>,
+        /// Job workers in this server, overriding the file [default: 4].
+        #[arg(long, env = "TBIRD_JOB_WORKERS")]
+        job_workers: Option<usize>,
+        /// Deadline of a write on one replica before it is queued for retry, e.g. 2s,
+        /// overriding the file [default: 2s].
+        #[arg(long, env = "TBIRD_LEAF_TIMEOUT", value_parser = humantime::parse_duration)]
+        leaf_timeout: Option<Duration>,
+        /// Deadline of each nameserver and queue database operation, e.g. 5s, overriding the
+        /// file [default: 5s].
+        #[arg(long, env = "TBIRD_DB_TIMEOUT", value_parser = humantime::parse_duration)]
+        db_timeout: Option<Duration>,
+        /// Name reported to `gizzmo ping` and `gizzmo servers`, overriding the file
+        /// [default: tbird].
+        #[arg(long, env = "TBIRD_SERVER_NAME")]
+        server_name: Option<String>,
+        /// How log lines are written, overriding the file [default: text].
+        #[arg(long, env = "TBIRD_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
@@ -93,9 +114,12 @@ enum Command {
         /// Address of the ShardManager admin service (for gizzmo).
         #[arg(long, env = "TBIRD_ADMIN_LISTEN", default_value = "127.0.0.1:7920")]
         admin_listen: SocketAddr,
-        /// Serve /metrics on this address (off unless given).
-        #[arg(long, env = "TBIRD_METRICS_LISTEN")]
-        metrics_listen: Option<SocketAddr>,
+        /// Serve /metrics on this address [default: off].
+        #[arg(long, env = "TBIRD_METRICS_LISTEN", value_name = "ADDR|off")]
+        metrics_listen: Option<Listen>,
+        /// How log lines are written [default: text].
+        #[arg(long, env = "TBIRD_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Post a tweet and print its id.
     Post {
@@ -127,10 +151,11 @@ enum Command {
         /// The text, 1 to 280 characters.
         text: String,
     },
-    /// Print tweets by id.
+    /// Print tweets by id; exits 1 when one is not found.
     Get {
         #[command(flatten)]
         client: ClientArgs,
+        /// The ids of the tweets.
         #[arg(required = true)]
         ids: Vec<u64>,
     },
@@ -138,6 +163,7 @@ enum Command {
     Delete {
         #[command(flatten)]
         client: ClientArgs,
+        /// The ids of the tweets.
         #[arg(required = true)]
         ids: Vec<u64>,
     },
@@ -145,6 +171,7 @@ enum Command {
     Timeline {
         #[command(flatten)]
         client: ClientArgs,
+        /// The user whose tweets to list.
         #[arg(long)]
         user: u64,
         /// Only tweets with ids at most this (the `next` id of the previous page).
@@ -217,7 +244,7 @@ struct ClientArgs {
     /// Tweet service address, HOST:PORT.
     #[arg(long, env = "TBIRD_ADDR", default_value = "127.0.0.1:7915")]
     addr: String,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (64-bit integers as strings, as in protobuf's JSON).
     #[arg(long)]
     json: bool,
     /// Deadline for connecting and for each call.
@@ -242,21 +269,49 @@ impl ClientArgs {
         Ok(TweetsClient::new(channel))
     }
 
+    /// Prints tweets as lines of text.
     fn print(&self, tweets: &[Tweet]) {
         for t in tweets {
-            let text = String::from_utf8_lossy(&t.text);
-            if self.json {
-                let json = serde_json::json!({
-                    "id": t.id, "user_id": t.user_id, "text": text,
-                    "in_reply_to": t.in_reply_to, "created_at_ms": t.created_at_ms,
-                });
-                println!("{json}");
-            } else {
-                let when = chrono::DateTime::from_timestamp_millis(t.created_at_ms)
-                    .map_or_else(String::new, |d| d.format("%Y-%m-%d %H:%M:%S").to_string());
-                println!("{}  user {}  {when}  {text}", t.id, t.user_id);
-            }
+            let when = chrono::DateTime::from_timestamp_millis(t.created_at_ms)
+                .map_or_else(String::new, |d| d.format("%Y-%m-%d %H:%M:%S").to_string());
+            println!("{}  user {}  {when}  {}", t.id, t.user_id, t.text);
         }
+    }
+}
+
+/// Returns a tweet as JSON with the field names of `tbird.proto`, 64-bit integers as decimal
+/// strings (JavaScript and some jq builds round numbers above 2^53).
+fn tweet_json(t: &Tweet) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id.to_string(),
+        "user_id": t.user_id.to_string(),
+        "text": t.text,
+        "in_reply_to": t.in_reply_to.map(|id| id.to_string()),
+        "created_at_ms": t.created_at_ms.to_string(),
+    })
+}
+
+/// Returns ids as JSON strings.
+fn ids_json(ids: &[u64]) -> serde_json::Value {
+    ids.iter().map(u64::to_string).collect()
+}
+
+/// Returns the log format `command` runs with: its flag (or variable), else the config
+/// file's `log-format` for `serve`, else text. A file that cannot be read gives text here;
+/// the server reports it when it reads the file again.
+fn log_format(command: &Command) -> LogFormat {
+    match command {
+        Command::Serve {
+            config, log_format, ..
+        } => log_format.unwrap_or_else(|| {
+            config
+                .as_deref()
+                .and_then(|path| ServerConfig::from_file(path).ok())
+                .map(|c| c.log_format)
+                .unwrap_or_default()
+        }),
+        Command::Dev { log_format, .. } => log_format.unwrap_or_default(),
+        _ => LogFormat::Text,
     }
 }
 
@@ -272,14 +327,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let command = Cli::parse().command;
+    daemon::logs::init(log_format(&command));
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(run(Cli::parse().command))
+    runtime.block_on(run(command))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -298,6 +349,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             retired_grace,
             anti_entropy_interval,
             anti_entropy_rows_per_second,
+            job_workers,
+            leaf_timeout,
+            db_timeout,
+            server_name,
+            log_format,
         } => {
             let mut server = match config {
                 Some(path) => ServerConfig::from_file(&path)?,
@@ -317,6 +373,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 anti_entropy_interval.map_or(server.anti_entropy_interval, |i| i.0);
             server.anti_entropy_rows_per_second =
                 anti_entropy_rows_per_second.unwrap_or(server.anti_entropy_rows_per_second);
+            server.job_workers = job_workers.unwrap_or(server.job_workers);
+            server.leaf_timeout = leaf_timeout.unwrap_or(server.leaf_timeout);
+            server.db_timeout = db_timeout.unwrap_or(server.db_timeout);
+            server.server_name = server_name.unwrap_or(server.server_name);
+            server.log_format = log_format.unwrap_or(server.log_format);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -334,12 +395,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             admin_listen,
             metrics_listen,
+            log_format: _,
         } => {
             run_dev(DevSettings {
                 data_dir,
                 listen,
                 admin_listen,
-                metrics_listen,
+                metrics_listen: metrics_listen.and_then(|m| m.0),
             })
             .await
         }
@@ -351,7 +413,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let request = PostTweetRequest {
                 user_id: user,
-                text: text.clone().into_bytes(),
+                text: text.clone(),
                 in_reply_to: reply_to,
             };
             let tweet = client
@@ -362,7 +424,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(|s| post_failed(s, user, reply_to, &text))?
                 .into_inner();
             if client.json {
-                client.print(&[tweet])
+                println!("{}", tweet_json(&tweet));
             } else {
                 println!("{}", tweet.id)
             }
@@ -378,7 +440,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let tweet = Tweet {
                 id,
                 user_id: user,
-                text: text.into_bytes(),
+                text,
                 in_reply_to: reply_to,
                 ..Tweet::default()
             };
@@ -391,7 +453,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             if client.json {
-                client.print(&[tweet])
+                println!("{}", tweet_json(&tweet));
             } else {
                 println!("{}", tweet.id)
             }
@@ -405,7 +467,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            client.print(&got.tweets);
+            if client.json {
+                let tweets: Vec<_> = got.tweets.iter().map(tweet_json).collect();
+                let json =
+                    serde_json::json!({ "tweets": tweets, "missing": ids_json(&got.missing) });
+                println!("{json}");
+            } else {
+                client.print(&got.tweets);
+            }
             if !got.missing.is_empty() {
                 let missing: Vec<String> = got.missing.iter().map(u64::to_string).collect();
                 bail!("not found: {}", missing.join(", "));
@@ -440,9 +509,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            client.print(&page.tweets);
-            if let (Some(next), false) = (page.next_max_id, client.json) {
-                println!("more: --max-id {next}");
+            if client.json {
+                let tweets: Vec<_> = page.tweets.iter().map(tweet_json).collect();
+                let next = page.next_max_id.map(|id| id.to_string());
+                println!(
+                    "{}",
+                    serde_json::json!({ "tweets": tweets, "next_max_id": next })
+                );
+            } else {
+                client.print(&page.tweets);
+                if let Some(next) = page.next_max_id {
+                    println!("more: --max-id {next}");
+                }
             }
             Ok(())
         }
@@ -531,9 +609,10 @@ async fn run_dev(settings: DevSettings) -> anyhow::Result<()> {
         "tbird dev: tweets on {tweets}, ShardManager on {admin}, data in {}",
         data_dir.display()
     );
-    println!("try:  cargo run -p tbird -- post --addr {tweets} --user 1 'hello, world'");
-    println!("      cargo run -p tbird -- timeline --addr {tweets} --user 1");
-    println!("      cargo run -p gizzard --bin gizzmo -- --addr {admin} tree 1");
+    let (tbird, gizzmo) = commands();
+    println!("try:  {tbird} post --addr {tweets} --user 1 'hello, world'");
+    println!("      {tbird} timeline --addr {tweets} --user 1");
+    println!("      {gizzmo} --addr {admin} tree 1");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => shutdown.cancel(),
         () = terminate() => shutdown.cancel(),
@@ -541,6 +620,36 @@ async fn run_dev(settings: DevSettings) -> anyhow::Result<()> {
     }
     stack.await.context("dev stack")??;
     Ok(())
+}
+
+/// Returns how a shell runs `tbird` and `gizzmo` at once: this binary's path, and the `gizzmo`
+/// built beside it (cargo builds both into one directory); a release `cargo run` for one that
+/// is not there.
+fn commands() -> (String, String) {
+    let exe = std::env::current_exe().ok();
+    let tbird = exe.as_ref().map_or_else(
+        || "cargo run --release -p tbird --".to_owned(),
+        |path| shell_quote_path(path),
+    );
+    let gizzmo = exe
+        .map(|path| path.with_file_name("gizzmo"))
+        .filter(|path| path.is_file())
+        .map_or_else(
+            || "cargo run --release -p gizzard --bin gizzmo --".to_owned(),
+            |path| shell_quote_path(&path),
+        );
+    (tbird, gizzmo)
+}
+
+/// Returns `path` as a shell word: as it is when it holds only safe characters.
+fn shell_quote_path(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+".contains(c);
+    if text.chars().all(safe) {
+        text
+    } else {
+        shell_quote(&text)
+    }
 }
 
 async fn terminate() {
@@ -575,6 +684,79 @@ mod tests {
         )
         .to_string();
         assert!(!text.contains("tbird put"), "{text}");
+    }
+
+    #[test]
+    fn the_serve_flags_keys_and_variables_match() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        // `config` names the file itself.
+        let problems = daemon::config::coverage_problems(
+            serve,
+            &daemon::config::keys::<ServerConfig>(),
+            "TBIRD",
+            &["config"],
+        );
+        assert!(problems.is_empty(), "{problems:#?}");
+        // Every flag of `dev` is one of `serve`'s settings (same name, same variable) or its
+        // own data dir.
+        let dev = command.find_subcommand("dev").expect("dev");
+        let problems = daemon::config::coverage_problems(
+            dev,
+            &["listen", "admin-listen", "metrics-listen", "log-format"],
+            "TBIRD",
+            &["data-dir"],
+        );
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        let missing = daemon::config::undocumented_args(&Cli::command());
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn dev_takes_off_for_metrics_and_serve_every_setting() {
+        let dev = Cli::try_parse_from(["tbird", "dev", "--metrics-listen", "off"]).expect("off");
+        assert!(matches!(
+            dev.command,
+            Command::Dev {
+                metrics_listen: Some(Listen(None)),
+                ..
+            }
+        ));
+        let serve = Cli::try_parse_from([
+            "tbird",
+            "serve",
+            "--job-workers",
+            "2",
+            "--leaf-timeout",
+            "1s",
+            "--log-format",
+            "json",
+        ])
+        .expect("serve parses");
+        assert_eq!(log_format(&serve.command), LogFormat::Json);
+    }
+
+    #[test]
+    fn json_writes_64_bit_integers_as_strings() {
+        let tweet = Tweet {
+            id: (1 << 62) + 1,
+            user_id: 7,
+            text: "hi".into(),
+            in_reply_to: Some(u64::MAX >> 1),
+            created_at_ms: 1_700_000_000_000,
+            deleted: false,
+        };
+        let json = tweet_json(&tweet);
+        let back: serde_json::Value = serde_json::from_str(&json.to_string()).expect("parses back");
+        assert_eq!(back["id"], ((1u64 << 62) + 1).to_string());
+        assert_eq!(back["in_reply_to"], (u64::MAX >> 1).to_string());
+        assert_eq!(back["text"], "hi");
     }
 
     #[test]

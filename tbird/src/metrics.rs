@@ -20,13 +20,11 @@
 
 use std::{
     net::SocketAddr,
-    str::FromStr,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use serde::{Deserialize, Deserializer};
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 /// Where `tbird serve` serves metrics unless told otherwise.
@@ -40,51 +38,29 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Why metrics could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("serve metrics on {addr}: {reason}")]
-    Install { addr: SocketAddr, reason: String },
+pub use daemon::metrics::{Listen, MetricsError, deserialize_listen};
+
+/// Installs the process-wide recorder, describes every series a tbird server emits (its own
+/// and Gizzard's) and serves `/metrics` on `addr` until `shutdown`. Call it before the proxy
+/// and the service are built: they cache their handles when they start.
+pub async fn install(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), MetricsError> {
+    daemon::metrics::install(addr, BUCKETS, shutdown).await?;
+    describe();
+    gizzard::metrics::describe();
+    Ok(())
 }
 
-/// Installs the process-wide recorder and serves `/metrics` on `addr`. Call it before the
-/// proxy and the service are built: they cache their handles when they start.
-pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    let err = |reason: String| MetricsError::Install { addr, reason };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), BUCKETS)
-        .map_err(|e| err(e.to_string()))?
-        .install()
-        .map_err(|e| err(e.to_string()))
-}
-
-/// A metrics address, or `off`: the value of `metrics-listen` and `--metrics-listen`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listen(pub Option<SocketAddr>);
-
-impl FromStr for Listen {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "off" | "none" | "" => Ok(Self(None)),
-            addr => addr
-                .parse()
-                .map(|addr| Self(Some(addr)))
-                .map_err(|_| format!("{s:?} is neither HOST:PORT nor \"off\"")),
-        }
-    }
-}
-
-/// Deserializes an optional metrics address: `"HOST:PORT"`, or `"off"` for none.
-pub fn deserialize_listen<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<SocketAddr>, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    text.parse::<Listen>()
-        .map(|listen| listen.0)
-        .map_err(serde::de::Error::custom)
+/// Gives every series of the tweet service its `# HELP` text.
+pub fn describe() {
+    metrics::describe_counter!(
+        "tbird_requests_total",
+        "Calls of tbird.v1.Tweets by method and gRPC status code"
+    );
+    metrics::describe_histogram!(
+        "tbird_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Latency of tbird.v1.Tweets calls by method"
+    );
 }
 
 /// The methods of `tbird.v1.Tweets`.
@@ -244,17 +220,6 @@ impl Drop for Call<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listen_is_an_address_or_off() {
-        assert_eq!("off".parse::<Listen>(), Ok(Listen(None)));
-        assert_eq!(
-            "127.0.0.1:9990".parse::<Listen>(),
-            Ok(Listen(Some(SocketAddr::from(([127, 0, 0, 1], 9990)))))
-        );
-        let err = "9990".parse::<Listen>().expect_err("no host");
-        assert!(err.contains("HOST:PORT"), "{err}");
-    }
 
     #[test]
     fn code_labels_follow_grpc_names() {

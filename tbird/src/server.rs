@@ -70,6 +70,8 @@ pub struct ServerConfig {
     /// Read statements, and separately write statements, in flight on one shard host; those
     /// arriving meanwhile share the next one.
     pub statements_per_host: usize,
+    /// How log lines are written: `text` or `json` (read by the binary before it starts).
+    pub log_format: daemon::logs::LogFormat,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
                 .rows_per_second
                 .unwrap_or(10_000),
             statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
+            log_format: daemon::logs::LogFormat::Text,
         }
     }
 }
@@ -204,7 +207,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     config.validate()?;
     // First: the proxy and the service take their metric handles from the recorder.
     if let Some(addr) = config.metrics_listen {
-        metrics::install(addr)?;
+        metrics::install(addr, shutdown.clone()).await?;
     }
     let snowflake =
         snowflake::client::Client::connect(&config.snowflake_addr, "tbird", Duration::from_secs(2))

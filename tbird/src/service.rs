@@ -106,7 +106,7 @@ fn to_pb(tweet: Tweet) -> pb::Tweet {
         id: tweet.id,
         user_id: tweet.user_id,
         created_at_ms: tweet.created_at_ms() as i64,
-        text: tweet.text.into_bytes(),
+        text: tweet.text,
         in_reply_to: tweet.in_reply_to,
         deleted: tweet.deleted,
     }

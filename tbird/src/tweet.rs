@@ -1,5 +1,6 @@
-//! A tweet and its validation. Input from the edge (bytes, optional fields, zero ids) becomes
-//! a [`Tweet`] only through these checks, each error naming the field.
+//! A tweet and its validation. Input from the edge (text of any length, optional fields, zero
+//! ids) becomes a [`Tweet`] only through these checks, each error naming the field. The text
+//! is UTF-8 already: the API's `string` fields are checked when a message is decoded.
 
 use serde::{Deserialize, Serialize};
 use snowflake::id::IdParts;
@@ -25,18 +26,14 @@ pub enum InvalidTweet {
     EmptyText,
     #[error("text has {0} characters, over the {MAX_TEXT_CHARS} allowed")]
     TextTooLong(usize),
-    #[error("text is not valid UTF-8 (first bad byte at offset {0})")]
-    TextNotUtf8(usize),
     #[error("{0} must not be 0")]
     ZeroId(&'static str),
     #[error("{field} {id} is not a Snowflake id: its top bit is set")]
     NotSnowflake { field: &'static str, id: u64 },
 }
 
-/// Returns `bytes` as tweet text: valid UTF-8 of 1 to 280 characters.
-pub fn validate_text(bytes: Vec<u8>) -> Result<String, InvalidTweet> {
-    let text = String::from_utf8(bytes)
-        .map_err(|e| InvalidTweet::TextNotUtf8(e.utf8_error().valid_up_to()))?;
+/// Returns `text` if it can be a tweet's: 1 to 280 characters.
+pub fn validate_text(text: String) -> Result<String, InvalidTweet> {
     let chars = text.chars().count();
     if chars == 0 {
         return Err(InvalidTweet::EmptyText);
@@ -63,7 +60,7 @@ impl Tweet {
     pub fn new(
         id: u64,
         user_id: u64,
-        text: Vec<u8>,
+        text: String,
         in_reply_to: Option<u64>,
     ) -> Result<Self, InvalidTweet> {
         Ok(Self {
@@ -125,25 +122,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_one_to_280_characters_of_utf8() {
-        assert_eq!(validate_text(b"hello".to_vec()), Ok("hello".into()));
+    fn text_is_one_to_280_characters() {
+        assert_eq!(validate_text("hello".into()), Ok("hello".into()));
         // 280 four-byte characters are 1,120 bytes, still one tweet.
         let emoji = "🐦".repeat(MAX_TEXT_CHARS);
-        assert_eq!(validate_text(emoji.clone().into_bytes()), Ok(emoji));
-        assert_eq!(validate_text(Vec::new()), Err(InvalidTweet::EmptyText));
-        let long = "a".repeat(MAX_TEXT_CHARS + 1).into_bytes();
+        assert_eq!(validate_text(emoji.clone()), Ok(emoji));
+        assert_eq!(validate_text(String::new()), Err(InvalidTweet::EmptyText));
+        let long = "a".repeat(MAX_TEXT_CHARS + 1);
         assert_eq!(validate_text(long), Err(InvalidTweet::TextTooLong(281)));
-        assert_eq!(
-            validate_text(vec![b'o', b'k', 0xff]),
-            Err(InvalidTweet::TextNotUtf8(2))
-        );
     }
 
     #[test]
     fn ids_are_nonzero_snowflakes() {
-        let err = Tweet::new(0, 1, b"x".to_vec(), None).expect_err("zero id");
+        let err = Tweet::new(0, 1, "x".into(), None).expect_err("zero id");
         assert_eq!(err.to_string(), "id must not be 0");
-        let err = Tweet::new(1, 1, b"x".to_vec(), Some(0)).expect_err("zero reply");
+        let err = Tweet::new(1, 1, "x".into(), Some(0)).expect_err("zero reply");
         assert_eq!(err.to_string(), "in_reply_to must not be 0");
         assert!(matches!(
             validate_id("user_id", 1 << 63),
@@ -207,7 +200,7 @@ mod tests {
         }
         .compose()
         .expect("valid id");
-        let tweet = Tweet::new(id, 9, b"hi".to_vec(), None).expect("valid");
+        let tweet = Tweet::new(id, 9, "hi".into(), None).expect("valid");
         assert_eq!(tweet.created_at_ms(), 1_700_000_000_000);
     }
 }

@@ -131,7 +131,7 @@ async fn main() {
                 }
                 let request = PostTweetRequest {
                     user_id: 1 + (writer * 7919 + n) % 500,
-                    text: format!("tweet {n} of writer {writer}").into_bytes(),
+                    text: format!("tweet {n} of writer {writer}"),
                     in_reply_to: None,
                 };
                 let started = run.elapsed();

@@ -42,7 +42,7 @@ async fn replicas_that_diverged_behind_the_proxy_heal_within_a_sweep_interval() 
     };
     let (tweets_h0, tweets_h1) = (leaf("h0/t1_0000").await, leaf("h1/t1_0000").await);
     let timeline_h1 = leaf("h1/t2_0000").await;
-    let only_h0 = Tweet::new(1 << 41, 9, b"only on h0".to_vec(), None).expect("tweet");
+    let only_h0 = Tweet::new(1 << 41, 9, "only on h0".into(), None).expect("tweet");
     tweets_h0
         .write_rows(&[Row::Tweet(only_h0.clone())])
         .await

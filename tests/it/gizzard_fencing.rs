@@ -58,7 +58,7 @@ async fn post(addr: &str, user_id: u64, text: &str) -> Result<u64, tonic::Status
     client
         .post_tweet(PostTweetRequest {
             user_id,
-            text: text.as_bytes().to_vec(),
+            text: text.to_owned(),
             in_reply_to: None,
         })
         .await
@@ -260,7 +260,7 @@ async fn a_late_write_to_a_retired_leaf_fails_and_its_table_is_dropped_after_the
     assert!(h0.table_exists(&fenced_table).await.expect("look"));
     assert!(!h0.table_exists("t1_0000_tweets").await.expect("look"));
 
-    let late = Tweet::new(id + 1, 5, b"late".to_vec(), None).expect("valid tweet");
+    let late = Tweet::new(id + 1, 5, "late".into(), None).expect("valid tweet");
     let refused = TbirdWrite::PutTweet(late).apply(&stale).await;
     let err = refused.expect_err("a late write to the retired leaf fails");
     assert!(err.to_string().contains("t1_0000_tweets"), "{err}");

@@ -1,6 +1,7 @@
 //! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
 //! real MariaDB servers from the harness, real SQLite files.
 
+mod daemon_ops;
 mod gizzard_anti_entropy;
 mod gizzard_cluster;
 mod gizzard_fencing;
@@ -9,6 +10,7 @@ mod gizzard_nameserver;
 mod gizzard_queue_locks;
 mod gizzard_scheduler;
 mod gizzmo_cli;
+mod grpcurl_examples;
 mod harness;
 mod snowflake_daemon;
 mod snowflake_leases;

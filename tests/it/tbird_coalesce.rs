@@ -56,7 +56,7 @@ impl Stack {
             async move {
                 let request = PostTweetRequest {
                     user_id: 1 + i % 5,
-                    text: format!("tweet {i}").into_bytes(),
+                    text: format!("tweet {i}"),
                     in_reply_to: None,
                 };
                 client.post_tweet(request).await.map(|r| r.into_inner())
@@ -112,8 +112,8 @@ impl Stack {
         for t in tweets {
             let got = stored.get(&t.id).expect("stored");
             assert_eq!(
-                (got.user_id, got.text.as_bytes(), got.deleted),
-                (t.user_id, &t.text[..], false)
+                (got.user_id, got.text.as_str(), got.deleted),
+                (t.user_id, t.text.as_str(), false)
             );
         }
     }

@@ -27,7 +27,7 @@ fn tweet(id: u64, user_id: u64, text: &str, in_reply_to: Option<u64>) -> Tweet {
     Tweet {
         id,
         user_id,
-        text: text.as_bytes().to_vec(),
+        text: text.to_owned(),
         in_reply_to,
         ..Tweet::default()
     }
@@ -85,7 +85,7 @@ async fn taken_ids(mut client: Client, proxy: Arc<TbirdProxy>) {
         );
     }
     let got = stored(&mut client, id).await;
-    assert_eq!((got.user_id, &got.text[..]), (1, &b"mine"[..]));
+    assert_eq!((got.user_id, &got.text[..]), (1, "mine"));
     assert_eq!(timeline(&mut client, 1).await, [id]);
     assert!(
         timeline(&mut client, 2).await.is_empty(),
@@ -167,7 +167,7 @@ async fn put_tweet_of_a_taken_id_on_sqlite() {
     let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
     let hosts = vec![("a".to_owned(), url("a.db")), ("b".to_owned(), url("b.db"))];
     let shutdown = CancellationToken::new();
-    let (client, proxy) = serve_proxy(&url("ns.db"), hosts, &shutdown).await;
+    let (client, proxy, _) = serve_proxy(&url("ns.db"), hosts, &shutdown).await;
     taken_ids(client, proxy).await;
     shutdown.cancel();
 }
@@ -187,7 +187,7 @@ async fn put_tweet_of_a_taken_id_on_mariadb() {
         ));
     }
     let shutdown = CancellationToken::new();
-    let (client, proxy) = serve_proxy(&nameserver, hosts, &shutdown).await;
+    let (client, proxy, _) = serve_proxy(&nameserver, hosts, &shutdown).await;
     taken_ids(client, proxy).await;
     shutdown.cancel();
 }
@@ -205,7 +205,7 @@ async fn a_post_that_fails_part_way_names_its_id_for_put_tweet() {
     let user_id = 77;
     let post = PostTweetRequest {
         user_id,
-        text: b"half a tweet".to_vec(),
+        text: "half a tweet".into(),
         in_reply_to: None,
     };
 
@@ -269,10 +269,7 @@ async fn a_post_that_fails_part_way_names_its_id_for_put_tweet() {
     }
     drop(plan);
     let got = stored(&mut client, id).await;
-    assert_eq!(
-        (got.user_id, &got.text[..]),
-        (user_id, &b"half a tweet"[..])
-    );
+    assert_eq!((got.user_id, &got.text[..]), (user_id, "half a tweet"));
     assert_eq!(
         timeline(&mut client, user_id).await,
         [id],

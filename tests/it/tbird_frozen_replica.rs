@@ -123,7 +123,7 @@ fn start_writers(addr: &str, tally: &Arc<Tally>, stop: &CancellationToken) -> Jo
                 let user_id = 1 + (writer * 7919 + n) % USERS;
                 let request = PostTweetRequest {
                     user_id,
-                    text: format!("writer {writer} tweet {n}").into_bytes(),
+                    text: format!("writer {writer} tweet {n}"),
                     in_reply_to: None,
                 };
                 match client.post_tweet(request).await {

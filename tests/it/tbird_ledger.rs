@@ -109,7 +109,7 @@ fn start_writers(addr: &str, ledger: &Arc<Ledger>, stop: &CancellationToken) -> 
                 let text = format!("writer {writer} tweet {n}");
                 let request = PostTweetRequest {
                     user_id: user,
-                    text: text.clone().into_bytes(),
+                    text: text.clone(),
                     in_reply_to: None,
                 };
                 match client.post_tweet(request).await {
@@ -153,10 +153,7 @@ async fn assert_all_readable(addr: &str, acked: &BTreeMap<u64, (u64, String)>) {
         );
         for tweet in got.tweets {
             let (user, text) = &acked[&tweet.id];
-            assert_eq!(
-                (tweet.user_id, tweet.text.as_slice()),
-                (*user, text.as_bytes())
-            );
+            assert_eq!((tweet.user_id, tweet.text.as_str()), (*user, text.as_str()));
         }
     }
 }

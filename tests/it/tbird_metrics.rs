@@ -26,7 +26,7 @@ async fn post(client: &mut TweetsClient<Channel>, text: &str) -> Result<u64, Cod
     client
         .post_tweet(PostTweetRequest {
             user_id: 7,
-            text: text.as_bytes().to_vec(),
+            text: text.to_owned(),
             in_reply_to: None,
         })
         .await

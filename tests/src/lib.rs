@@ -16,11 +16,14 @@
 //! - [`stack`]: a T-Bird stack as real processes (MariaDB servers, Snowflake, `tbird serve`)
 //!   that tests kill and restart, and how to look at it from outside (queue depth, rows,
 //!   `/metrics`).
+//! - [`grpcurl`]: what grpcurl does (descriptors by reflection, requests and answers in JSON),
+//!   to run the README's examples against running servers.
 //! - [`wait`]: waiting for a condition, never for a fixed time ([`wait_until`]).
 
 pub mod backend;
 pub mod binary;
 pub mod cluster;
+pub mod grpcurl;
 pub mod kv;
 pub mod mariadb;
 pub mod relay;

@@ -422,9 +422,23 @@ fn normalize(key: &str) -> String {
 
 /// Fetches `http://addr/metrics` with a plain HTTP/1.1 request and parses the body.
 pub async fn scrape(addr: &str) -> io::Result<Metrics> {
+    Ok(Metrics::parse(&scrape_text(addr).await?))
+}
+
+/// Returns the text of `/metrics` at `addr`, failing unless it answers 200.
+pub async fn scrape_text(addr: &str) -> io::Result<String> {
+    let (head, body) = http_get(addr, "/metrics").await?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!("scrape answered {head:?}")));
+    }
+    Ok(body)
+}
+
+/// Sends `GET path` to `addr` and returns the status line and headers, and the body.
+pub async fn http_get(addr: &str, path: &str) -> io::Result<(String, String)> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -432,14 +446,11 @@ pub async fn scrape(addr: &str) -> io::Result<Metrics> {
     };
     let response = tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "scrape timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "GET timed out"))??;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("scrape answered {head:?}")));
-    }
-    Ok(Metrics::parse(body))
+    Ok((head.to_owned(), body.to_owned()))
 }
 
 #[cfg(test)]

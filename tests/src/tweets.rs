@@ -339,7 +339,7 @@ impl TweetWriter {
                         let user_id = 1 + (task as u64 * 7919 + n) % 500;
                         let request = PostTweetRequest {
                             user_id,
-                            text: format!("tweet {n} of writer {task}").into_bytes(),
+                            text: format!("tweet {n} of writer {task}"),
                             in_reply_to: None,
                         };
                         let started = Instant::now();

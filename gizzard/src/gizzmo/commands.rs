@@ -262,10 +262,7 @@ async fn apply(client: &mut ManagerClient, changes: &[Change]) -> anyhow::Result
 }
 
 fn pretty(value: &Value) -> String {
-    // Serializing a `Value` cannot fail.
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
-    text.push('\n');
-    text
+    render::pretty(value)
 }
 
 fn hosts(topology: &pb::Topology, json: bool) -> String {

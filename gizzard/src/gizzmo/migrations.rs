@@ -161,7 +161,7 @@ async fn list(client: &mut ManagerClient, all: bool, json: bool) -> anyhow::Resu
         .into_inner();
     if json {
         let items: Vec<Value> = listed.migrations.iter().map(to_json).collect();
-        return Ok(format!("{:#}\n", Value::Array(items)));
+        return Ok(render::pretty(&Value::Array(items)));
     }
     if listed.migrations.is_empty() {
         return Ok(if all {
@@ -205,7 +205,7 @@ fn progress_text(m: &pb::Migration) -> String {
 /// Shows one migration (with a rebalance's moves).
 fn show(m: &pb::Migration, json: bool) -> String {
     if json {
-        return format!("{:#}\n", to_json(m));
+        return render::pretty(&to_json(m));
     }
     let mut text = String::new();
     let id = if m.id == 0 {
@@ -222,20 +222,22 @@ fn show(m: &pb::Migration, json: bool) -> String {
     }
     if m.differing > 0 || m.kind == "diff" || m.kind == "repair" {
         text.push_str(&format!(
-            "  compared {} rows, {} keys differ{}{}\n",
+            "  compared {} rows, {} keys differ{}\n",
             m.rows_compared,
             m.differing,
-            if m.differing_keys.is_empty() {
-                String::new()
-            } else {
-                format!(": {:?}", m.differing_keys)
-            },
             if m.repaired > 0 {
                 format!(", {} repaired", m.repaired)
             } else {
                 String::new()
             }
         ));
+        if !m.differing_keys.is_empty() {
+            let keys = m.differing_keys.iter().map(u64::to_string);
+            text.push_str(&format!(
+                "  keys: {}\n",
+                render::wrap_list(keys, "        ")
+            ));
+        }
     }
     if !m.error.is_empty() {
         text.push_str(&format!("  error: {}\n", m.error));

@@ -1,11 +1,67 @@
-//! What `gizzmo` prints: aligned tables, shard trees drawn with box-drawing characters, and
-//! the JSON forms of the same things for `--json`.
+//! What `gizzmo` prints: aligned tables, shard trees drawn with box-drawing characters, long
+//! lists wrapped to the width of a terminal, and the JSON forms of the same things for
+//! `--json`.
+//!
+//! JSON output writes every integer as a decimal string, as the protobuf JSON mapping writes
+//! 64-bit integers: ids, keys and hashes above 2^53 would be rounded by JavaScript and some
+//! jq builds if they were numbers. Parse them with `tonumber` (jq) or `BigInt`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use comfy_table::{CellAlignment, Table, presets};
 use proto::gizzard::v1 as pb;
 use serde_json::{Value, json};
+
+/// The width long lists are wrapped to.
+pub const WIDTH: usize = 100;
+
+/// Returns `value` as pretty-printed JSON text ending in a newline, every integer written as
+/// a string (see the module doc).
+pub fn pretty(value: &Value) -> String {
+    // Serializing a `Value` cannot fail.
+    let mut text = serde_json::to_string_pretty(&integers_as_strings(value)).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Returns `value` with every integer replaced by its decimal string.
+pub fn integers_as_strings(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_u64() || n.is_i64() => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.iter().map(integers_as_strings).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), integers_as_strings(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Returns `items` separated by `, ` in lines of at most [`WIDTH`] columns (one item longer
+/// than that gets a line of its own), each line after the first starting with `indent`.
+pub fn wrap_list<I: IntoIterator<Item = String>>(items: I, indent: &str) -> String {
+    let mut text = String::new();
+    let mut line_len = 0;
+    for (n, item) in items.into_iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+            line_len += 1;
+            if line_len + 1 + item.len() > WIDTH {
+                text.push('\n');
+                text.push_str(indent);
+                line_len = indent.len();
+            } else {
+                text.push(' ');
+                line_len += 1;
+            }
+        }
+        line_len += item.len();
+        text.push_str(&item);
+    }
+    text
+}
 
 /// Returns an aligned table with `header`; columns listed in `right` are right-aligned.
 pub fn table(header: &[&str], right: &[usize], rows: Vec<Vec<String>>) -> String {
@@ -147,6 +203,32 @@ pub fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_integers_are_strings_and_round_trip() {
+        let big = (1u64 << 60) + 1;
+        let text = pretty(&json!({ "id": big, "n": -3, "w": 0.5, "ok": true, "keys": [1, 2] }));
+        let back: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(back["id"], big.to_string());
+        assert_eq!(back["n"], "-3");
+        assert_eq!(back["w"], 0.5);
+        assert_eq!(back["ok"], true);
+        assert_eq!(back["keys"], json!(["1", "2"]));
+    }
+
+    #[test]
+    fn long_lists_wrap() {
+        let keys = (0..1000u64).map(|k| (k << 50).to_string());
+        let text = wrap_list(keys, "    ");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 100, "{} lines", lines.len());
+        assert!(lines.iter().all(|l| l.len() <= WIDTH), "{text}");
+        assert!(lines[1..].iter().all(|l| l.starts_with("    ")));
+        let items: Vec<&str> = text.split(',').map(str::trim).collect();
+        assert_eq!(items.len(), 1000);
+        assert_eq!(items[999], (999u64 << 50).to_string());
+        assert_eq!(wrap_list(["a".to_owned()], "  "), "a");
+    }
 
     fn node(class: &str, id: &str, weight: u32, children: Vec<pb::TreeNode>) -> pb::TreeNode {
         pb::TreeNode {

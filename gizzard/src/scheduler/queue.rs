@@ -89,6 +89,9 @@ const COLUMNS: &str = "id, priority, job_type, payload, shard, state, attempts, 
 
 /// The gauge of jobs in the queue, by priority and state.
 pub const DEPTH_METRIC: &str = "gizzard_queue_jobs";
+/// The gauge of when [`DEPTH_METRIC`] was last counted (Unix seconds): it keeps its last value
+/// while the queue cannot be counted, and this says how old that value is.
+pub const DEPTH_COUNTED_METRIC: &str = "gizzard_queue_jobs_counted_timestamp_seconds";
 
 /// The longest `job_type`, shard id and lease owner the tables hold.
 const MAX_JOB_TYPE: usize = 64;
@@ -1029,7 +1032,9 @@ impl JobQueue {
     }
 
     /// Publishes [`depth`](Self::depth) as the gauge `gizzard_queue_jobs{priority, state}`,
-    /// every pair included so an emptied queue reads 0 rather than its last count.
+    /// every pair included so an emptied queue reads 0 rather than its last count, and the
+    /// time of the count as `gizzard_queue_jobs_counted_timestamp_seconds`. A count that
+    /// fails changes neither, so the timestamp shows how stale the gauge is.
     pub async fn record_depth(&self) -> Result<(), QueueError> {
         let depth = self.depth().await?;
         for priority in Priority::ALL {
@@ -1039,6 +1044,10 @@ impl JobQueue {
                 metrics::gauge!(DEPTH_METRIC, &labels).set(jobs as f64);
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(DEPTH_COUNTED_METRIC).set(now.as_secs_f64());
         Ok(())
     }
 
@@ -1053,7 +1062,7 @@ impl JobQueue {
         tokio::spawn(async move {
             loop {
                 if let Err(error) = self.record_depth().await {
-                    tracing::debug!(%error, "count jobs for the depth gauge failed");
+                    tracing::warn!(%error, "count jobs for the depth gauge failed");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,

@@ -1,0 +1,14 @@
+//! What every daemon of the workspace (`tbird serve`, `tbird dev`, `snowflake serve`) shares,
+//! so that each behaves the same way for its operator.
+//!
+//! - [`logs`]: `tracing` to stderr, as text (ANSI colour only on a terminal) or JSON lines,
+//!   filtered by `RUST_LOG`, whose invalid directives are reported instead of dropped silently.
+//! - [`metrics`]: the process-wide Prometheus recorder and a small HTTP server that answers
+//!   `GET /metrics` with its text and every other path with 404; [`metrics::Listen`], an
+//!   address or `off`.
+//! - [`config`]: the rule every setting follows (a flag, an environment variable and a TOML
+//!   key of one name) and the checks that tests run against each binary's command line.
+
+pub mod config;
+pub mod logs;
+pub mod metrics;

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use tests::stack::{free_port, http_get, scrape_text, wait_until};
+use tests::{
+    stack::{free_port, http_get, scrape_text},
+    wait_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(40);
 

@@ -10,7 +10,8 @@ use std::{
 
 use tests::{
     grpcurl::{self, Descriptors},
-    stack::{free_port, wait_until},
+    stack::free_port,
+    wait_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(40);

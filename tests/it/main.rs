@@ -1,6 +1,9 @@
 //! Integration tests of every crate, in one binary to save link time: real gRPC over loopback,
 //! real MariaDB servers from the harness, real SQLite files.
 
+mod edge_hygiene;
+mod edge_ports;
+mod edge_tls;
 mod gizzard_anti_entropy;
 mod gizzard_cluster;
 mod gizzard_fencing;

@@ -11,7 +11,7 @@ use proto::tbird::v1::{
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
     ids::IdSource,
-    service::{TbirdProxy, TweetService},
+    service::TbirdProxy,
 };
 use tests::cluster::test_settings;
 use tokio_util::sync::CancellationToken;
@@ -61,18 +61,18 @@ pub(crate) async fn serve_proxy(
         1,
     )));
     let proxy = Arc::new(proxy);
-    let service = TweetService::new(proxy.clone(), ids).into_server();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listeners = tbird::server::Listeners::bind(loopback, loopback)
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(gizzard::server::incoming(listener), stop.cancelled())
-            .await
-    });
+    let (addr, _) = listeners.local_addrs().expect("addrs");
+    let parts = tbird::server::Parts {
+        proxy: proxy.clone(),
+        ids,
+        statements_per_host: tbird::hosts::DEFAULT_STATEMENTS_PER_HOST,
+        edge: edge::Settings::default(),
+    };
+    tokio::spawn(tbird::server::serve(listeners, parts, shutdown.clone()));
     let client = TweetsClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");

@@ -534,6 +534,23 @@ mod tests {
     }
 
     #[test]
+    fn transport_settings_reach_the_edge_and_half_a_tls_pair_is_refused() {
+        let config: ServerConfig = toml::from_str(
+            "nameserver-url = \"sqlite://x\"\nidle-timeout = \"90s\"\nmax-connections = 7",
+        )
+        .expect("parses");
+        let edge = config.edge_settings().expect("valid");
+        assert_eq!(edge.idle_timeout, Duration::from_secs(90));
+        assert_eq!(edge.max_connections, 7);
+        assert_eq!(edge.tls, None, "plaintext by default");
+        let half: ServerConfig =
+            toml::from_str("nameserver-url = \"sqlite://x\"\ntls-cert = \"/etc/c.pem\"")
+                .expect("parses");
+        let err = half.validate().expect_err("a certificate without its key");
+        assert!(err.to_string().contains("tls-key"), "{err}");
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let err = ServerConfig::default()
             .validate()

@@ -56,7 +56,9 @@ pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, ClientError> {
         }
         (addr.to_owned(), false)
     } else if addr.contains("://") {
-        return Err(address_err("expected HOST:PORT, http:// or https://".into()));
+        return Err(address_err(
+            "expected HOST:PORT, http:// or https://".into(),
+        ));
     } else if tls.is_set() {
         (format!("https://{addr}"), true)
     } else {
@@ -85,7 +87,11 @@ fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, ClientError> {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
         (None, None) => {}
-        _ => return Err(ClientError::Tls("--tls-cert and --tls-key go together".into())),
+        _ => {
+            return Err(ClientError::Tls(
+                "--tls-cert and --tls-key go together".into(),
+            ));
+        }
     }
     Ok(config)
 }

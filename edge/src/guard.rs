@@ -250,7 +250,11 @@ mod tests {
             for part in stream.chunks(chunk) {
                 body.inspect(part).expect("within the limit");
             }
-            assert_eq!((body.prefix_len, body.remaining), (0, 0), "chunks of {chunk}");
+            assert_eq!(
+                (body.prefix_len, body.remaining),
+                (0, 0),
+                "chunks of {chunk}"
+            );
         }
     }
 
@@ -265,7 +269,11 @@ mod tests {
                 .find_map(|part| body.inspect(part).err())
                 .expect("refused");
             assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-            assert!(refused.message().contains("17 bytes"), "{}", refused.message());
+            assert!(
+                refused.message().contains("17 bytes"),
+                "{}",
+                refused.message()
+            );
         }
     }
 

@@ -94,7 +94,7 @@ fn descriptor_limit() -> Option<usize> {
     };
     // SAFETY: getrlimit writes into the struct it is given and reads nothing else.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then(|| limit.rlim_cur as usize)
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as usize)
 }
 
 /// The timers of every connection of a port.
@@ -489,10 +489,5 @@ mod tests {
             assert!(limit.max() < nofile, "{} of {nofile}", limit.max());
         }
         assert_eq!(ConnectionLimit::new(3).max(), 3);
-    }
-
-    #[allow(dead_code)]
-    fn assert_send(conn: Conn) -> impl Future<Output = ()> + Send {
-        async move { drop(conn) }
     }
 }

@@ -4,12 +4,7 @@
 use std::{collections::HashMap, convert::Infallible, future::Future};
 
 use tokio::net::TcpListener;
-use tonic::{
-    body::Body,
-    server::NamedService,
-    service::RoutesBuilder,
-    transport::Server,
-};
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::{
     ServingStatus,
     pb::health_server::HealthServer,

@@ -79,8 +79,13 @@ pub async fn run(settings: BenchSettings) -> Result<BenchReport, ClientError> {
     let mut clients = Vec::with_capacity(settings.connections.max(1));
     for _ in 0..settings.connections.max(1) {
         clients.push(
-            Client::connect_with(&settings.addr, &settings.tls, "bench", Duration::from_secs(5))
-                .await?,
+            Client::connect_with(
+                &settings.addr,
+                &settings.tls,
+                "bench",
+                Duration::from_secs(5),
+            )
+            .await?,
         );
     }
     // Warm up each connection so the first calls do not count connection set-up.

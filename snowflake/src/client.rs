@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use proto::snowflake::v1::{GetIdRequest, GetIdsRequest, snowflake_client::SnowflakeClient};
 use edge::client::ClientTls;
+use proto::snowflake::v1::{GetIdRequest, GetIdsRequest, snowflake_client::SnowflakeClient};
 use tonic::transport::Channel;
 
 /// The deadline of each call unless the caller picks another.

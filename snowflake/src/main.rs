@@ -31,6 +31,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the id daemon.
@@ -193,7 +195,13 @@ impl ServeArgs {
             lease_acquire_timeout
         );
         overlay!(clock_tolerance, max_batch, metrics_listen);
-        overlay!(tls_cert, tls_key, tls_client_ca, idle_timeout, handshake_timeout);
+        overlay!(
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            idle_timeout,
+            handshake_timeout
+        );
         overlay!(
             keepalive_interval,
             keepalive_timeout,

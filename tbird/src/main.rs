@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a production server: a MySQL nameserver, shards on MySQL hosts, ids from Snowflake.
@@ -267,9 +269,7 @@ impl TransportArgs {
         or(self.snowflake_tls_key, &mut server.snowflake_tls_key);
         server.idle_timeout = self.idle_timeout.unwrap_or(server.idle_timeout);
         server.handshake_timeout = self.handshake_timeout.unwrap_or(server.handshake_timeout);
-        server.keepalive_interval = self
-            .keepalive_interval
-            .unwrap_or(server.keepalive_interval);
+        server.keepalive_interval = self.keepalive_interval.unwrap_or(server.keepalive_interval);
         server.keepalive_timeout = self.keepalive_timeout.unwrap_or(server.keepalive_timeout);
         server.max_connections = self.max_connections.unwrap_or(server.max_connections);
         server.max_concurrent_streams = self

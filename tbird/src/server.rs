@@ -314,7 +314,9 @@ impl Listeners {
     /// Returns the bound addresses of the tweet service and the ShardManager.
     pub fn local_addrs(&self) -> Result<(SocketAddr, SocketAddr), ServerError> {
         let local = |listener: &TcpListener| {
-            listener.local_addr().map_err(|e| ServerError::Invalid(e.to_string()))
+            listener
+                .local_addr()
+                .map_err(|e| ServerError::Invalid(e.to_string()))
         };
         Ok((local(&self.tweets)?, local(&self.admin)?))
     }
@@ -360,8 +362,8 @@ pub async fn serve(
         .into_server();
     let mut tweets_port = edge::Port::new(proto::FILE_DESCRIPTOR_SET)
         .add_service(tweets, edge::guard::DEFAULT_MAX_REQUEST_BYTES);
-    let admin_port = edge::Port::new(proto::FILE_DESCRIPTOR_SET)
-        .add_service(manager, MAX_ADMIN_REQUEST_BYTES);
+    let admin_port =
+        edge::Port::new(proto::FILE_DESCRIPTOR_SET).add_service(manager, MAX_ADMIN_REQUEST_BYTES);
     let watch = tokio::spawn(report_lease(
         proxy.clone(),
         tweets_port.health().await,

@@ -39,7 +39,8 @@ fn cpu_time(pid: u32) -> Duration {
         .1
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // SAFETY: sysconf reads a constant of the system.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(ticks * 1_000 / per_second)
@@ -107,7 +108,10 @@ async fn an_idle_socket_flood_under_a_low_descriptor_limit_does_not_starve_new_c
     let pid = daemon.0.id();
     let started = Instant::now();
     while get_id(&addr, Duration::from_secs(1)).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "daemon did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "daemon did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -97,14 +97,21 @@ async fn reflected(addr: &str) -> BTreeSet<String> {
         .await
         .expect("reflection v1alpha")
         .into_inner();
-    let response = stream.message().await.expect("v1alpha answer").expect("one");
+    let response = stream
+        .message()
+        .await
+        .expect("v1alpha answer")
+        .expect("one");
     let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
         response.message_response
     else {
         panic!("v1alpha did not list services: {response:?}");
     };
     let alpha_names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert_eq!(v1_names, alpha_names, "v1 and v1alpha list the same services");
+    assert_eq!(
+        v1_names, alpha_names,
+        "v1 and v1alpha list the same services"
+    );
     v1_names
 }
 
@@ -259,10 +266,7 @@ async fn tbird_ports_report_health_reflect_their_services_and_answer_protocol_er
         !server.proxy.routing.lease_holds(),
         "health follows the lease"
     );
-    assert_eq!(
-        health(&server.tweets, "").await,
-        ServingStatus::NotServing
-    );
+    assert_eq!(health(&server.tweets, "").await, ServingStatus::NotServing);
     assert_eq!(
         health(&server.admin, "gizzard.v1.ShardManager").await,
         serving,

@@ -232,7 +232,15 @@ async fn snowflake_serves_tls_to_its_client_and_its_cli() {
     let out = stack::ok(stack::run(
         "snowflake",
         "snowflake",
-        &["get", "--addr", &daemon.addr, "--tls-ca", ca, "--count", "2"],
+        &[
+            "get",
+            "--addr",
+            &daemon.addr,
+            "--tls-ca",
+            ca,
+            "--count",
+            "2",
+        ],
     ));
     assert_eq!(out.lines().count(), 2, "{out}");
     let https = format!("https://{}", daemon.addr);
@@ -249,12 +257,11 @@ async fn snowflake_serves_tls_to_its_client_and_its_cli() {
         .await
         .expect("connect with a client certificate");
     assert!(with_cert.get_id().await.expect("an id") > 0);
-    let without = match Client::connect_with(&daemon.addr, &certs.client(false), "it", timeout)
-        .await
-    {
-        Ok(client) => client.get_id().await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
+    let without =
+        match Client::connect_with(&daemon.addr, &certs.client(false), "it", timeout).await {
+            Ok(client) => client.get_id().await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
     assert!(without.is_err(), "a client without a certificate got an id");
     daemon.shutdown.cancel();
     daemon.task.await.expect("join").expect("daemon ran");

@@ -9,10 +9,7 @@ use proto::tbird::v1::{
     Tweet, UserTweetsRequest, tweets_client::TweetsClient,
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
-use tbird::{
-    ids::IdSource,
-    service::TbirdProxy,
-};
+use tbird::{ids::IdSource, service::TbirdProxy};
 use tests::cluster::test_settings;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};

@@ -695,8 +695,8 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
         addrs
     };
     let answers = futures::future::join_all(addrs.iter().map(|addr| async move {
-        let mut client = client::connect(addr, &global.tls, global.token.as_deref(), global.timeout)
-                .await?;
+        let mut client =
+            client::connect(addr, &global.tls, global.token.as_deref(), global.timeout).await?;
         let version = client
             .get_version(pb::GetVersionRequest {})
             .await

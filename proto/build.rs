@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure()
+        // Decode failures are the caller's: INVALID_ARGUMENT (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("descriptor.bin"))
         .compile_protos(PROTOS, &["proto"])?;
     Ok(())

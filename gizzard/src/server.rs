@@ -4,9 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     db::{Database, DbError},
@@ -285,11 +284,4 @@ impl<S: PhysicalShard, W: WriteOp<S>> JobRunner for WriteRetries<S, W> {
             })
         })
     }
-}
-
-/// Returns the connections `listener` accepts, for a gRPC server, with Nagle's algorithm off.
-/// Tonic leaves it on for a listener it did not bind itself, and on loopback a small response
-/// then waits for the client's delayed ACK: tens of milliseconds in the tail of every call.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

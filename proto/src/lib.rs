@@ -2,7 +2,10 @@
 //!
 //! Each package is a module named after its proto package (`snowflake::v1`, ...). The
 //! generated types stay at the edge: services convert them into validated domain types.
-//! [`FILE_DESCRIPTOR_SET`] holds every package, for the reflection service.
+//! [`FILE_DESCRIPTOR_SET`] holds every package, for the reflection service. [`codec`] is the
+//! codec of every service and client: a malformed message is INVALID_ARGUMENT.
+
+pub mod codec;
 
 /// The encoded file descriptor set of every package, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -20,6 +20,8 @@ pub struct BenchSettings {
     pub batch: u32,
     /// How many HTTP/2 connections the callers share, round robin.
     pub connections: usize,
+    /// TLS files, by the rule of `edge::client`.
+    pub tls: edge::client::ClientTls,
 }
 
 /// What a run measured.
@@ -76,7 +78,15 @@ impl fmt::Display for BenchReport {
 pub async fn run(settings: BenchSettings) -> Result<BenchReport, ClientError> {
     let mut clients = Vec::with_capacity(settings.connections.max(1));
     for _ in 0..settings.connections.max(1) {
-        clients.push(Client::connect(&settings.addr, "bench", Duration::from_secs(5)).await?);
+        clients.push(
+            Client::connect_with(
+                &settings.addr,
+                &settings.tls,
+                "bench",
+                Duration::from_secs(5),
+            )
+            .await?,
+        );
     }
     // Warm up each connection so the first calls do not count connection set-up.
     for client in &clients {

@@ -1,9 +1,11 @@
-//! A client for the id service: connects with a deadline and sets one on every call.
+//! A client for the id service: connects with a deadline and sets one on every call, over TLS
+//! by the rule of `edge::client` (an `https://` address, or TLS files given).
 
 use std::time::Duration;
 
+use edge::client::ClientTls;
 use proto::snowflake::v1::{GetIdRequest, GetIdsRequest, snowflake_client::SnowflakeClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The deadline of each call unless the caller picks another.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -11,8 +13,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid address {addr:?}: {reason}")]
-    Address { addr: String, reason: String },
+    #[error(transparent)]
+    Setup(#[from] edge::client::ClientError),
     #[error("connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -30,23 +32,24 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (`HOST:PORT` or `http://HOST:PORT`) within `timeout`, which also
-    /// bounds each call.
+    /// Connects to `addr` (`HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`) within
+    /// `timeout`, which also bounds each call.
     pub async fn connect(
         addr: &str,
         user_agent: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::Address {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?
+        Self::connect_with(addr, &ClientTls::default(), user_agent, timeout).await
+    }
+
+    /// Connects as [`Client::connect`] does, with the TLS files of `tls`.
+    pub async fn connect_with(
+        addr: &str,
+        tls: &ClientTls,
+        user_agent: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let endpoint = edge::client::endpoint(addr, tls)?
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true);

@@ -1,7 +1,11 @@
 //! The daemon's configuration: a TOML file (kebab-case keys, human durations), overridden by
 //! `SNOWFLAKE_*` environment variables and flags in the binary, then [`Config::validate`]d.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -47,6 +51,29 @@ pub struct Config {
     pub threads: Option<usize>,
     /// How log lines are written: `text` or `json`.
     pub log_format: daemon::logs::LogFormat,
+    // Transport of the gRPC listener (see the `edge` crate).
+    /// PEM certificate chain; with `tls-key` the daemon serves TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls-cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to; set, every client needs one.
+    pub tls_client_ca: Option<PathBuf>,
+    /// A connection with no call in flight this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A new connection that sends no byte this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings to clients.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// An unanswered keepalive ping drops its connection after this long.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Open connections at most (also kept below three quarters of the descriptor limit).
+    pub max_connections: usize,
+    /// Calls in flight on one connection at most.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Config {
@@ -63,6 +90,15 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             threads: None,
             log_format: daemon::logs::LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            idle_timeout: edge::settings::DEFAULT_IDLE_TIMEOUT,
+            handshake_timeout: edge::settings::DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive_interval: edge::settings::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: edge::settings::DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections: edge::settings::DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: edge::settings::DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -137,7 +173,29 @@ impl Config {
         if self.threads == Some(0) {
             return invalid("threads must be at least 1 (leave it out for one per core)".into());
         }
+        self.edge_settings()?;
         Ok(())
+    }
+
+    /// Returns the transport settings of the gRPC listener.
+    pub fn edge_settings(&self) -> Result<edge::Settings, ConfigError> {
+        let tls = edge::ServerTls::from_parts(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca.clone(),
+        )
+        .map_err(ConfigError::Invalid)?;
+        let settings = edge::Settings {
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_connections: self.max_connections,
+            tls,
+        };
+        settings.validate().map_err(ConfigError::Invalid)?;
+        Ok(settings)
     }
 
     /// Returns the lease settings these options describe.

@@ -31,13 +31,15 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the id daemon.
     Serve(ServeArgs),
     /// Ask a daemon for ids and print one per line.
     Get {
-        /// Daemon address, HOST:PORT.
+        /// Daemon address, HOST:PORT or https://HOST:PORT.
         #[arg(long, env = "SNOWFLAKE_ADDR", default_value = "127.0.0.1:7609")]
         addr: String,
         /// How many ids.
@@ -49,6 +51,8 @@ enum Command {
         /// Deadline for connecting and for the call.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Print the time, datacenter, worker and sequence of ids.
     Decode {
@@ -73,7 +77,33 @@ enum Command {
         /// HTTP/2 connections the callers share.
         #[arg(long, default_value_t = 1)]
         connections: usize,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// TLS of a client: used for an `https://` address, or a HOST:PORT with any of these files.
+#[derive(Args)]
+struct TlsArgs {
+    /// PEM bundle of the CAs to trust instead of the system's (implies TLS).
+    #[arg(long, env = "SNOWFLAKE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a daemon that requires one (implies TLS).
+    #[arg(long, env = "SNOWFLAKE_CLIENT_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SNOWFLAKE_CLIENT_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> edge::client::ClientTls {
+        edge::client::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// Flags of `serve`; each overrides the config file key of its name and has a SNOWFLAKE_*
@@ -124,6 +154,34 @@ struct ServeArgs {
     /// How log lines are written [default: text].
     #[arg(long, env = "SNOWFLAKE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    // Transport (see the `edge` crate and the README's "TLS and connection limits").
+    /// PEM certificate chain; with --tls-key the daemon serves TLS only.
+    #[arg(long, env = "SNOWFLAKE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SNOWFLAKE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to; every client then needs one.
+    #[arg(long, env = "SNOWFLAKE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Close a connection with no call in flight this long [default: 5m].
+    #[arg(long, env = "SNOWFLAKE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Close a new connection that sends no byte this long [default: 10s].
+    #[arg(long, env = "SNOWFLAKE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Interval of HTTP/2 keepalive pings [default: 60s].
+    #[arg(long, env = "SNOWFLAKE_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    keepalive_interval: Option<Duration>,
+    /// Drop a connection whose keepalive ping is unanswered this long [default: 20s].
+    #[arg(long, env = "SNOWFLAKE_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Option<Duration>,
+    /// Open connections at most, kept below 3/4 of the descriptor limit [default: 10000].
+    #[arg(long, env = "SNOWFLAKE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Calls in flight on one connection at most [default: 1024].
+    #[arg(long, env = "SNOWFLAKE_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
     /// Fault injection for tests: shift the daemon's clock by this many milliseconds.
     #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
     clock_offset_ms: i64,
@@ -150,6 +208,19 @@ impl ServeArgs {
         if let Some(listen) = self.metrics_listen {
             config.metrics_listen = listen.0;
         }
+        overlay!(
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            idle_timeout,
+            handshake_timeout
+        );
+        overlay!(
+            keepalive_interval,
+            keepalive_timeout,
+            max_connections,
+            max_concurrent_streams
+        );
         if self.no_metrics {
             config.metrics_listen = None;
         }
@@ -219,8 +290,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             count,
             agent,
             timeout,
+            tls,
         } => {
-            let client = Client::connect(&addr, &agent, timeout).await?;
+            let client = Client::connect_with(&addr, &tls.files(), &agent, timeout).await?;
             let ids = if count == 1 {
                 vec![client.get_id().await?]
             } else {
@@ -243,6 +315,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             duration,
             batch,
             connections,
+            tls,
         } => {
             if concurrency == 0 || batch == 0 {
                 bail!("--concurrency and --batch must be at least 1");
@@ -253,6 +326,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 duration,
                 batch,
                 connections,
+                tls: tls.files(),
             };
             println!("{}", bench::run(settings).await?);
             Ok(())

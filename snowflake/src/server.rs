@@ -1,13 +1,13 @@
-//! The daemon: takes a worker id (static or leased), then serves the id service, health and
-//! reflection on an already-bound listener until shutdown, and releases the lease on the way
-//! out.
+//! The daemon: takes a worker id (static or leased), then serves the id service on an
+//! already-bound listener through the `edge` crate (TLS when configured, connection limits,
+//! health and reflection of `snowflake.v1.Snowflake` alone) until shutdown, and releases the
+//! lease on the way out. Health is NOT_SERVING while no worker-id lease is held.
 
 use std::{sync::Arc, time::Duration};
 
 use proto::snowflake::v1::snowflake_server::SnowflakeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     clock::Clock,
@@ -24,10 +24,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("lease worker id: {0}")]
     Lease(#[from] LeaseError),
-    #[error("serve gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("build reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
 }
 
 /// Runs the daemon on `listener` with `clock` until `shutdown` is cancelled.
@@ -38,9 +36,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let edge = config.edge_settings()?;
     let tolerance_ms = config.clock_tolerance.as_millis() as u64;
     let worker = Arc::new(IdWorker::new(clock, tolerance_ms));
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let service = SnowflakeService::new(worker.clone(), config.max_batch).into_server();
+    let mut port = edge::Port::new(proto::FILE_DESCRIPTOR_SET)
+        .add_service(service, edge::guard::DEFAULT_MAX_REQUEST_BYTES);
+    let health = port.health().await;
     let keeper_stop = CancellationToken::new();
     let keeper = match &config.lease_url {
         None => {
@@ -69,19 +71,9 @@ pub async fn run(
             "snowflake serving"
         );
     }
-    health
-        .set_serving::<SnowflakeServer<SnowflakeService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let service = SnowflakeService::new(worker, config.max_batch).into_server();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+    let limit = edge::ConnectionLimit::new(edge.max_connections);
+    let served = port
+        .serve(listener, &edge, limit, shutdown.cancelled())
         .await;
     // In-flight requests are done: now the lease can be given up.
     keeper_stop.cancel();

@@ -32,7 +32,7 @@ use proto::tbird::v1::{
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::json;
 use snowflake::{clock::SystemClock, worker::IdWorker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{
     store::{self, TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
@@ -150,6 +150,8 @@ pub struct BenchSettings {
     pub connections: usize,
     /// Also run the workload straight on the shards of this nameserver.
     pub direct_nameserver_url: Option<String>,
+    /// TLS files, by the rule of `edge::client`.
+    pub tls: edge::client::ClientTls,
 }
 
 /// Latency and counts of one operation on one target.
@@ -285,13 +287,7 @@ fn empty_report(name: &'static str) -> TargetReport {
 }
 
 async fn connect(settings: &BenchSettings) -> anyhow::Result<Vec<TweetsClient<Channel>>> {
-    let uri = if settings.addr.contains("://") {
-        settings.addr.clone()
-    } else {
-        format!("http://{}", settings.addr)
-    };
-    let endpoint = Endpoint::from_shared(uri)
-        .with_context(|| format!("invalid address {:?}", settings.addr))?
+    let endpoint = edge::client::endpoint(&settings.addr, &settings.tls)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10));
     let mut clients = Vec::new();

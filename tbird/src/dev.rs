@@ -3,6 +3,9 @@
 //! A new data dir gets the default topology (8 forwardings per table, each replicated on both
 //! hosts); an existing one keeps its data and topology across restarts.
 //!
+//! It serves through [`crate::server::serve`], as `tbird serve` does, in plaintext with the
+//! default connection limits.
+//!
 //! Metrics are off unless `metrics_listen` is set: a newcomer's first `tbird dev` should not
 //! fail because port 9990 is taken (by a Snowflake daemon or a second `tbird dev`), and a
 //! local stack is rarely scraped. When set, they are the same as `tbird serve`'s.
@@ -14,11 +17,13 @@ use gizzard::{
     server::{Proxy, ProxySettings},
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 
-use crate::{ids::IdSource, service::TweetService, store, topology};
+use crate::{
+    ids::IdSource,
+    server::{Listeners, Parts, ServerError},
+    store, topology,
+};
 
 /// Forwardings per table in a new data dir.
 pub const DEV_SHARDS: u32 = 8;
@@ -41,19 +46,14 @@ pub enum DevError {
         path: String,
         source: std::io::Error,
     },
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("start the proxy: {0}")]
     Proxy(#[from] gizzard::server::StartError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("create the default topology: {0}")]
     Topology(String),
-    #[error("serve gRPC: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] ServerError),
 }
 
 fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
@@ -75,19 +75,8 @@ pub async fn run(
     if let Some(addr) = settings.metrics_listen {
         crate::metrics::install(addr, shutdown.clone()).await?;
     }
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| DevError::Listen { addr, source })
-    };
-    let (tweets_listener, admin_listener) = (
-        bind(settings.listen).await?,
-        bind(settings.admin_listen).await?,
-    );
-    let addrs = (
-        local(&tweets_listener, settings.listen),
-        local(&admin_listener, settings.admin_listen),
-    );
+    let listeners = Listeners::bind(settings.listen, settings.admin_listen).await?;
+    let addrs = listeners.local_addrs()?;
     let proxy_settings = ProxySettings {
         server_name: "tbird-dev".into(),
         advertise_addr: addrs.1.to_string(),
@@ -115,35 +104,21 @@ pub async fn run(
             .clone()
             .spawn_depth_gauge(crate::metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
     }
-    let manager = proxy.manager().into_server();
     let ids = IdSource::Local(Arc::new(IdWorker::fixed(
         Arc::new(SystemClock::default()),
         5,
         0,
         0,
     )));
-    let tweets = TweetService::new(Arc::new(proxy), ids).into_server();
-    let admin = Server::builder()
-        .add_service(manager)
-        .serve_with_incoming_shutdown(
-            gizzard::server::incoming(admin_listener),
-            shutdown.cancelled(),
-        );
-    let service = Server::builder()
-        .add_service(tweets)
-        .serve_with_incoming_shutdown(
-            gizzard::server::incoming(tweets_listener),
-            shutdown.cancelled(),
-        );
+    let parts = Parts {
+        proxy: Arc::new(proxy),
+        ids,
+        statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
+        edge: edge::Settings::default(),
+    };
     let _ = ready.send(addrs);
-    let (a, b) = tokio::join!(service, admin);
-    a?;
-    b?;
+    crate::server::serve(listeners, parts, shutdown).await?;
     Ok(())
-}
-
-fn local(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(fallback)
 }
 
 async fn create_default_topology(

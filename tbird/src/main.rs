@@ -15,7 +15,7 @@ use tbird::{
     server::ServerConfig,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 // The server and the load generator allocate several small buffers per call (gRPC frames,
 // rows); glibc's malloc and free took about a sixth of either process's CPU under load.
@@ -102,6 +102,8 @@ enum Command {
         /// How log lines are written, overriding the file [default: text].
         #[arg(long, env = "TBIRD_LOG_FORMAT", value_enum)]
         log_format: Option<LogFormat>,
+        #[command(flatten)]
+        transport: TransportArgs,
     },
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
@@ -184,7 +186,7 @@ enum Command {
     /// Load a server with a mix of calls and report ops/s and latency per call, optionally
     /// beside the same SQL sent straight to the shards.
     Bench {
-        /// Tweet service address, HOST:PORT.
+        /// Tweet service address, HOST:PORT or https://HOST:PORT.
         #[arg(long, env = "TBIRD_ADDR", default_value = "127.0.0.1:7915")]
         addr: String,
         /// Callers in flight at once.
@@ -229,7 +231,100 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
+}
+
+/// TLS and connection limits of `tbird serve`'s listeners and Snowflake client, overriding the
+/// file (see the README's "TLS and connection limits").
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// PEM certificate chain of both gRPC listeners; with --tls-key they serve TLS only.
+    #[arg(long, env = "TBIRD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TBIRD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to; every client then needs one.
+    #[arg(long, env = "TBIRD_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// PEM bundle of the CAs to trust for the Snowflake daemon (implies TLS to it).
+    #[arg(long, env = "TBIRD_SNOWFLAKE_TLS_CA")]
+    snowflake_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for the Snowflake daemon (implies TLS to it).
+    #[arg(long, env = "TBIRD_SNOWFLAKE_TLS_CERT")]
+    snowflake_tls_cert: Option<PathBuf>,
+    /// PEM private key of --snowflake-tls-cert.
+    #[arg(long, env = "TBIRD_SNOWFLAKE_TLS_KEY")]
+    snowflake_tls_key: Option<PathBuf>,
+    /// Close a connection with no call in flight this long [default: 5m].
+    #[arg(long, env = "TBIRD_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Close a new connection that sends no byte this long [default: 10s].
+    #[arg(long, env = "TBIRD_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Interval of HTTP/2 keepalive pings [default: 60s].
+    #[arg(long, env = "TBIRD_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    keepalive_interval: Option<Duration>,
+    /// Drop a connection whose keepalive ping is unanswered this long [default: 20s].
+    #[arg(long, env = "TBIRD_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Option<Duration>,
+    /// Open gRPC connections at most, both ports together, kept below 3/4 of the descriptor
+    /// limit [default: 10000].
+    #[arg(long, env = "TBIRD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Calls in flight on one connection at most [default: 1024].
+    #[arg(long, env = "TBIRD_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
+}
+
+impl TransportArgs {
+    fn overlay(self, server: &mut ServerConfig) {
+        let or = |flag: Option<PathBuf>, file: &mut Option<PathBuf>| {
+            if flag.is_some() {
+                *file = flag;
+            }
+        };
+        or(self.tls_cert, &mut server.tls_cert);
+        or(self.tls_key, &mut server.tls_key);
+        or(self.tls_client_ca, &mut server.tls_client_ca);
+        or(self.snowflake_tls_ca, &mut server.snowflake_tls_ca);
+        or(self.snowflake_tls_cert, &mut server.snowflake_tls_cert);
+        or(self.snowflake_tls_key, &mut server.snowflake_tls_key);
+        server.idle_timeout = self.idle_timeout.unwrap_or(server.idle_timeout);
+        server.handshake_timeout = self.handshake_timeout.unwrap_or(server.handshake_timeout);
+        server.keepalive_interval = self.keepalive_interval.unwrap_or(server.keepalive_interval);
+        server.keepalive_timeout = self.keepalive_timeout.unwrap_or(server.keepalive_timeout);
+        server.max_connections = self.max_connections.unwrap_or(server.max_connections);
+        server.max_concurrent_streams = self
+            .max_concurrent_streams
+            .unwrap_or(server.max_concurrent_streams);
+    }
+}
+
+/// TLS of a client: used for an `https://` address, or a HOST:PORT with any of these files.
+#[derive(clap::Args, Clone)]
+struct ClientTlsArgs {
+    /// PEM bundle of the CAs to trust instead of the system's (implies TLS).
+    #[arg(long, env = "TBIRD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (implies TLS).
+    #[arg(long, env = "TBIRD_CLIENT_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TBIRD_CLIENT_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn files(&self) -> edge::client::ClientTls {
+        edge::client::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// What `tbird bench` compares the proxy with.
@@ -241,7 +336,7 @@ enum Baseline {
 
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// Tweet service address, HOST:PORT.
+    /// Tweet service address, HOST:PORT or https://HOST:PORT.
     #[arg(long, env = "TBIRD_ADDR", default_value = "127.0.0.1:7915")]
     addr: String,
     /// Print JSON instead of text (64-bit integers as strings, as in protobuf's JSON).
@@ -250,17 +345,13 @@ struct ClientArgs {
     /// Deadline for connecting and for each call.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 impl ClientArgs {
     async fn connect(&self) -> anyhow::Result<TweetsClient<Channel>> {
-        let uri = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        };
-        let channel = Endpoint::from_shared(uri)
-            .with_context(|| format!("invalid address {:?}", self.addr))?
+        let channel = edge::client::endpoint(&self.addr, &self.tls.files())?
             .connect_timeout(self.timeout)
             .timeout(self.timeout)
             .connect()
@@ -354,6 +445,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db_timeout,
             server_name,
             log_format,
+            transport,
         } => {
             let mut server = match config {
                 Some(path) => ServerConfig::from_file(&path)?,
@@ -378,6 +470,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.db_timeout = db_timeout.unwrap_or(server.db_timeout);
             server.server_name = server_name.unwrap_or(server.server_name);
             server.log_format = log_format.unwrap_or(server.log_format);
+            transport.overlay(&mut server);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -540,6 +633,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             baseline,
             nameserver_url,
             json,
+            tls,
         } => {
             let settings = BenchSettings {
                 addr,
@@ -554,6 +648,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 page,
                 connections,
                 direct_nameserver_url: baseline.and(nameserver_url),
+                tls: tls.files(),
             };
             let report = bench::run(settings).await?;
             if json {

@@ -2,8 +2,20 @@
 //! (MySQL), takes ids from a Snowflake daemon, serves the tweet service and the ShardManager,
 //! and runs job workers. Run as many as you like on one nameserver. Metrics are served in
 //! Prometheus text at `http://metrics-listen/metrics` (see [`crate::metrics`]).
+//!
+//! [`serve`] is the one way a T-Bird server serves: `tbird serve` ([`run`]), `tbird dev` and the
+//! test harness all start a proxy and hand it to [`serve`] with their bound listeners. Both
+//! ports go through the `edge` crate: TLS when configured, connection limits, health and
+//! reflection; the tweet service reports NOT_SERVING while the routing lease has lapsed (its
+//! writes are refused then), SERVING again once the nameserver confirms the routing.
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use gizzard::{
     migrate::anti_entropy::AntiEntropySettings,
@@ -13,12 +25,12 @@ use gizzard::{
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::server::NamedService;
 
 use crate::{
     ids::{IdSource, PrefetchSettings},
     metrics,
-    service::TweetService,
+    service::{TbirdProxy, TweetService},
     store,
 };
 
@@ -72,6 +84,37 @@ pub struct ServerConfig {
     pub statements_per_host: usize,
     /// How log lines are written: `text` or `json` (read by the binary before it starts).
     pub log_format: daemon::logs::LogFormat,
+    // Transport of both gRPC listeners and of the Snowflake client (see the `edge` crate).
+    /// PEM certificate chain of both gRPC listeners; with `tls-key` they serve TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls-cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to; set, every client needs one.
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM bundle of the CAs to trust for the Snowflake daemon (then TLS is used to it, as
+    /// with an `https://` snowflake-addr).
+    pub snowflake_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for the Snowflake daemon, when it requires one.
+    pub snowflake_tls_cert: Option<PathBuf>,
+    /// PEM private key of `snowflake-tls-cert`.
+    pub snowflake_tls_key: Option<PathBuf>,
+    /// A connection with no call in flight this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A new connection that sends no byte this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings to clients.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// An unanswered keepalive ping drops its connection after this long.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Open gRPC connections at most (both ports together; also kept below three quarters
+    /// of the descriptor limit).
+    pub max_connections: usize,
+    /// Calls in flight on one connection at most.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +139,18 @@ impl Default for ServerConfig {
                 .unwrap_or(10_000),
             statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
             log_format: daemon::logs::LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            snowflake_tls_ca: None,
+            snowflake_tls_cert: None,
+            snowflake_tls_key: None,
+            idle_timeout: edge::settings::DEFAULT_IDLE_TIMEOUT,
+            handshake_timeout: edge::settings::DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive_interval: edge::settings::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: edge::settings::DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections: edge::settings::DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: edge::settings::DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -115,8 +170,8 @@ pub enum ServerError {
     Proxy(#[from] gizzard::server::StartError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
-    #[error("serve gRPC: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
 }
 
 impl ServerConfig {
@@ -157,7 +212,38 @@ impl ServerConfig {
                 "admin-token is empty: leave it out to allow every caller".into(),
             ));
         }
+        self.edge_settings()?;
         Ok(())
+    }
+
+    /// Returns the transport settings of both gRPC listeners.
+    pub fn edge_settings(&self) -> Result<edge::Settings, ServerError> {
+        let tls = edge::ServerTls::from_parts(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca.clone(),
+        )
+        .map_err(ServerError::Invalid)?;
+        let settings = edge::Settings {
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_connections: self.max_connections,
+            tls,
+        };
+        settings.validate().map_err(ServerError::Invalid)?;
+        Ok(settings)
+    }
+
+    /// Returns the TLS files of the Snowflake client.
+    pub fn snowflake_tls(&self) -> edge::client::ClientTls {
+        edge::client::ClientTls {
+            ca: self.snowflake_tls_ca.clone(),
+            cert: self.snowflake_tls_cert.clone(),
+            key: self.snowflake_tls_key.clone(),
+        }
     }
 }
 
@@ -202,35 +288,164 @@ fn advertised(addr: SocketAddr) -> String {
     format!("{host}:{}", addr.port())
 }
 
+/// The bound sockets of a T-Bird server.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The tweet service's.
+    pub tweets: TcpListener,
+    /// The ShardManager's.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses.
+    pub async fn bind(tweets: SocketAddr, admin: SocketAddr) -> Result<Self, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::Listen {
+                    addr,
+                    reason: e.to_string(),
+                })
+        };
+        Ok(Self {
+            tweets: bind(tweets).await?,
+            admin: bind(admin).await?,
+        })
+    }
+
+    /// Returns the bound addresses of the tweet service and the ShardManager.
+    pub fn local_addrs(&self) -> Result<(SocketAddr, SocketAddr), ServerError> {
+        let local = |listener: &TcpListener| {
+            listener
+                .local_addr()
+                .map_err(|e| ServerError::Invalid(e.to_string()))
+        };
+        Ok((local(&self.tweets)?, local(&self.admin)?))
+    }
+}
+
+/// What a T-Bird server serves: a started proxy, where its tweet ids come from, and how both
+/// ports treat their connections.
+pub struct Parts {
+    pub proxy: Arc<TbirdProxy>,
+    pub ids: IdSource,
+    /// Reads in flight on one shard host; see [`ServerConfig::statements_per_host`].
+    pub statements_per_host: usize,
+    pub edge: edge::Settings,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("edge", &self.edge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest ShardManager request: batches of tens of thousands of forwardings.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 64 << 20;
+
+/// Serves the tweet service and the ShardManager of `parts` on `listeners` until `shutdown`,
+/// then lets the calls in flight finish.
+pub async fn serve(
+    listeners: Listeners,
+    parts: Parts,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let Parts {
+        proxy,
+        ids,
+        statements_per_host,
+        edge: settings,
+    } = parts;
+    let manager = proxy.manager().into_server();
+    let tweets = TweetService::new(proxy.clone(), ids)
+        .with_reads_per_host(statements_per_host)
+        .into_server();
+    let mut tweets_port = edge::Port::new(proto::FILE_DESCRIPTOR_SET)
+        .add_service(tweets, edge::guard::DEFAULT_MAX_REQUEST_BYTES);
+    let admin_port =
+        edge::Port::new(proto::FILE_DESCRIPTOR_SET).add_service(manager, MAX_ADMIN_REQUEST_BYTES);
+    let watch = tokio::spawn(report_lease(
+        proxy.clone(),
+        tweets_port.health().await,
+        shutdown.clone(),
+    ));
+    let limit = edge::ConnectionLimit::new(settings.max_connections);
+    let (a, b) = tokio::join!(
+        tweets_port.serve(
+            listeners.tweets,
+            &settings,
+            limit.clone(),
+            shutdown.cancelled()
+        ),
+        admin_port.serve(listeners.admin, &settings, limit, shutdown.cancelled()),
+    );
+    watch.abort();
+    a?;
+    b?;
+    Ok(())
+}
+
+/// Reports the tweet service NOT_SERVING while the routing lease has lapsed (writes are
+/// refused then), SERVING while it holds. The lease lapses with time alone, so it is looked
+/// at a tenth of a lease apart (within 50 ms to 1 s).
+async fn report_lease(
+    proxy: Arc<TbirdProxy>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    type Tweets = proto::tbird::v1::tweets_server::TweetsServer<TweetService>;
+    let every = (proxy.routing.lease_length() / 10)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut reported = true;
+    loop {
+        let holds = proxy.routing.lease_holds();
+        if holds != reported {
+            let status = if holds {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            tracing::info!(serving = holds, "tweet service health");
+            for name in [Tweets::NAME, ""] {
+                health.set_service_status(name, status).await;
+            }
+            reported = holds;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Runs a server until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     config.validate()?;
+    let edge = config.edge_settings()?;
     // First: the proxy and the service take their metric handles from the recorder.
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr, shutdown.clone()).await?;
     }
-    let snowflake =
-        snowflake::client::Client::connect(&config.snowflake_addr, "tbird", Duration::from_secs(2))
-            .await
-            .map_err(|e| ServerError::Snowflake {
-                addr: config.snowflake_addr.clone(),
-                reason: e.to_string(),
-            })?;
+    let snowflake = snowflake::client::Client::connect_with(
+        &config.snowflake_addr,
+        &config.snowflake_tls(),
+        "tbird",
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| ServerError::Snowflake {
+        addr: config.snowflake_addr.clone(),
+        reason: e.to_string(),
+    })?;
     let ids = IdSource::remote(snowflake, PrefetchSettings::default(), shutdown.clone());
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::Listen {
-                addr,
-                reason: e.to_string(),
-            })
-    };
     // Bound before the proxy starts, so that it registers the address it really serves.
-    let (tweets_listener, admin_listener) =
-        (bind(config.listen).await?, bind(config.admin_listen).await?);
+    let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
     let advertise_addr = match &config.advertise_addr {
         Some(addr) => addr.clone(),
-        None => advertised(admin_listener.local_addr().unwrap_or(config.admin_listen)),
+        None => advertised(listeners.admin.local_addr().unwrap_or(config.admin_listen)),
     };
     let settings = ProxySettings {
         db_timeout: config.db_timeout,
@@ -264,33 +479,20 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             .clone()
             .spawn_depth_gauge(metrics::QUEUE_DEPTH_INTERVAL, shutdown.clone());
     }
-    let manager = proxy.manager().into_server();
-    let tweets = TweetService::new(Arc::new(proxy), ids)
-        .with_reads_per_host(config.statements_per_host)
-        .into_server();
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
         metrics = ?config.metrics_listen,
+        tls = edge.tls.is_some(),
         "tbird serving"
     );
-    let (a, b) = tokio::join!(
-        Server::builder()
-            .add_service(tweets)
-            .serve_with_incoming_shutdown(
-                gizzard::server::incoming(tweets_listener),
-                shutdown.cancelled()
-            ),
-        Server::builder()
-            .add_service(manager)
-            .serve_with_incoming_shutdown(
-                gizzard::server::incoming(admin_listener),
-                shutdown.cancelled()
-            ),
-    );
-    a?;
-    b?;
-    Ok(())
+    let parts = Parts {
+        proxy: Arc::new(proxy),
+        ids,
+        statements_per_host: config.statements_per_host,
+        edge,
+    };
+    serve(listeners, parts, shutdown).await
 }
 
 #[cfg(test)]
@@ -334,6 +536,23 @@ mod tests {
         let err =
             toml::from_str::<ServerConfig>("anti-entropy-interval = \"often\"").expect_err("bad");
         assert!(err.to_string().contains("\"off\""), "{err}");
+    }
+
+    #[test]
+    fn transport_settings_reach_the_edge_and_half_a_tls_pair_is_refused() {
+        let config: ServerConfig = toml::from_str(
+            "nameserver-url = \"sqlite://x\"\nidle-timeout = \"90s\"\nmax-connections = 7",
+        )
+        .expect("parses");
+        let edge = config.edge_settings().expect("valid");
+        assert_eq!(edge.idle_timeout, Duration::from_secs(90));
+        assert_eq!(edge.max_connections, 7);
+        assert_eq!(edge.tls, None, "plaintext by default");
+        let half: ServerConfig =
+            toml::from_str("nameserver-url = \"sqlite://x\"\ntls-cert = \"/etc/c.pem\"")
+                .expect("parses");
+        let err = half.validate().expect_err("a certificate without its key");
+        assert!(err.to_string().contains("tls-key"), "{err}");
     }
 
     #[test]

@@ -71,10 +71,12 @@ impl Cluster {
         let service = proxy.manager().into_server();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    gizzard::server::incoming(listener),
+            edge::Port::new(proto::FILE_DESCRIPTOR_SET)
+                .add_service(service, 64 << 20)
+                .serve(
+                    listener,
+                    &edge::Settings::default(),
+                    edge::ConnectionLimit::new(1_000),
                     shutdown.cancelled(),
                 )
                 .await

@@ -8,11 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{
-    grpcurl::{self, Descriptors},
-    stack::free_port,
-    wait_until,
-};
+use tests::{grpcurl, stack::free_port, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -128,12 +124,10 @@ async fn the_readme_grpcurl_examples_work_by_reflection() {
 
     let mut posted: Option<String> = None;
     for example in examples {
-        let (addr, from) = match example.port {
-            7609 => (&snowflake, Descriptors::Reflection),
-            // TODO(edge): tbird's ports serve reflection once the edge branch is merged;
-            // then these use Descriptors::Reflection too, and the README drops `-proto`.
-            7915 => (&tweets, Descriptors::Compiled),
-            7920 => (&admin, Descriptors::Compiled),
+        let addr = match example.port {
+            7609 => &snowflake,
+            7915 => &tweets,
+            7920 => &admin,
             port => panic!("no server for port {port} in {example:?}"),
         };
         let json = match &posted {
@@ -141,7 +135,7 @@ async fn the_readme_grpcurl_examples_work_by_reflection() {
             None => example.json.clone(),
         };
         let channel = grpcurl::connect(addr).await.expect("connect");
-        let answer = grpcurl::call(&channel, &example.method, &json, from)
+        let answer = grpcurl::call(&channel, &example.method, &json)
             .await
             .unwrap_or_else(|e| panic!("{example:?}: {e:?}"));
         // 64-bit integers come back as strings, as grpcurl prints them.

@@ -2,6 +2,9 @@
 //! real MariaDB servers from the harness, real SQLite files.
 
 mod daemon_ops;
+mod edge_hygiene;
+mod edge_ports;
+mod edge_tls;
 mod gizzard_anti_entropy;
 mod gizzard_cluster;
 mod gizzard_fencing;

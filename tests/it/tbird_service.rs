@@ -9,10 +9,7 @@ use proto::tbird::v1::{
     Tweet, UserTweetsRequest, tweets_client::TweetsClient,
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
-use tbird::{
-    ids::IdSource,
-    service::{TbirdProxy, TweetService},
-};
+use tbird::{ids::IdSource, service::TbirdProxy};
 use tests::cluster::test_settings;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
@@ -62,18 +59,18 @@ pub(crate) async fn serve_proxy(
         1,
     )));
     let proxy = Arc::new(proxy);
-    let service = TweetService::new(proxy.clone(), ids).into_server();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listeners = tbird::server::Listeners::bind(loopback, loopback)
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(gizzard::server::incoming(listener), stop.cancelled())
-            .await
-    });
+    let (addr, _) = listeners.local_addrs().expect("addrs");
+    let parts = tbird::server::Parts {
+        proxy: proxy.clone(),
+        ids,
+        statements_per_host: tbird::hosts::DEFAULT_STATEMENTS_PER_HOST,
+        edge: edge::Settings::default(),
+    };
+    tokio::spawn(tbird::server::serve(listeners, parts, shutdown.clone()));
     let client = TweetsClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -242,9 +239,8 @@ async fn tweets_end_to_end((mut client, addr): (TweetsClient<Channel>, String)) 
         assert!(status.message().contains(message), "{}", status.message());
     }
     // Text is a string: bytes that are not UTF-8 do not decode, and the status says why.
-    // TODO(edge): once decode failures map to INVALID_ARGUMENT, assert that code here.
     let status = post_raw(&addr, 7, vec![b'h', 0xc3, 0x28]).await;
-    assert_ne!(status.code(), Code::Ok);
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("UTF-8"), "{status:?}");
     let status = post_raw(&addr, 0, "hé".as_bytes().to_vec()).await;
     assert_eq!(

@@ -1,5 +1,4 @@
-//! What `grpcurl` does, in process: find a method's descriptors (by server reflection, as
-//! grpcurl does without `-proto`, or from the compiled descriptor set, as with `-proto`),
+//! What `grpcurl` does, in process: find a method's descriptors by server reflection (v1),
 //! build the request from JSON with them, call the method, and print the answer as JSON in
 //! the protobuf JSON mapping. Tests use it to run the README's grpcurl examples against
 //! running servers, so those examples stay true.
@@ -17,15 +16,6 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-/// Where the descriptors of a call come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Descriptors {
-    /// Asked of the server by reflection v1 (`grpcurl ADDR SERVICE/METHOD`).
-    Reflection,
-    /// The workspace's compiled `.proto` files (`grpcurl -proto ...`).
-    Compiled,
-}
-
 /// Connects to `addr` (HOST:PORT) in plain text.
 pub async fn connect(addr: &str) -> Result<Channel, String> {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -35,16 +25,9 @@ pub async fn connect(addr: &str) -> Result<Channel, String> {
         .map_err(|e| format!("connect to {addr}: {e}"))
 }
 
-/// Returns the descriptors that hold `service` (`pkg.Service`), fetched as `from` says.
-pub async fn descriptors(
-    channel: &Channel,
-    service: &str,
-    from: Descriptors,
-) -> Result<DescriptorPool, String> {
-    let bytes = match from {
-        Descriptors::Compiled => proto::FILE_DESCRIPTOR_SET.to_vec(),
-        Descriptors::Reflection => reflected_file_set(channel, service).await?,
-    };
+/// Returns the descriptors that hold `service` (`pkg.Service`), asked of the server.
+pub async fn descriptors(channel: &Channel, service: &str) -> Result<DescriptorPool, String> {
+    let bytes = reflected_file_set(channel, service).await?;
     DescriptorPool::decode(bytes.as_slice()).map_err(|e| format!("decode descriptors: {e}"))
 }
 
@@ -89,12 +72,11 @@ pub async fn call(
     channel: &Channel,
     method: &str,
     request_json: &str,
-    from: Descriptors,
 ) -> Result<serde_json::Value, CallError> {
     let (service, name) = method
         .split_once('/')
         .ok_or_else(|| CallError::Usage(format!("{method:?} is not SERVICE/METHOD")))?;
-    let pool = descriptors(channel, service, from)
+    let pool = descriptors(channel, service)
         .await
         .map_err(CallError::Usage)?;
     let method = pool

@@ -1,6 +1,7 @@
 //! A T-Bird cluster for migration tests and benchmarks: a MariaDB nameserver and shard hosts
 //! `h0..`, in-process proxies serving the tweet service and the ShardManager over loopback
-//! gRPC, and a writer that posts tweets and keeps a ledger of every acknowledged id.
+//! gRPC (through `tbird::server::serve`, as `tbird serve` does), and a writer that posts
+//! tweets and keeps a ledger of every acknowledged id.
 
 use std::{
     collections::HashMap,
@@ -26,11 +27,12 @@ use proto::{
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
     ids::IdSource,
-    service::{TbirdProxy, TweetService},
+    server::{Listeners, Parts},
+    service::TbirdProxy,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 
 use crate::{MariaDb, cluster::test_settings};
 
@@ -146,12 +148,16 @@ impl TweetCluster {
 
     /// Starts another server on the cluster's nameserver.
     pub async fn serve(&self, settings: ProxySettings) -> TweetServer {
+        self.serve_with(settings, edge::Settings::default()).await
+    }
+
+    /// Starts another server on the cluster's nameserver, its ports with `edge` settings.
+    pub async fn serve_with(&self, settings: ProxySettings, edge: edge::Settings) -> TweetServer {
         let shutdown = CancellationToken::new();
-        let (tweets_listener, admin_listener) = (bind().await, bind().await);
-        let addrs = (
-            tweets_listener.local_addr().expect("addr").to_string(),
-            admin_listener.local_addr().expect("addr").to_string(),
-        );
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let listeners = Listeners::bind(loopback, loopback).await.expect("bind");
+        let (tweets, admin) = listeners.local_addrs().expect("addrs");
+        let addrs = (tweets.to_string(), admin.to_string());
         let settings = ProxySettings {
             advertise_addr: addrs.1.clone(),
             ..settings
@@ -175,25 +181,18 @@ impl TweetCluster {
             1,
             worker,
         )));
-        let manager = proxy.manager().into_server();
         let proxy = Arc::new(proxy);
-        let tweets = TweetService::new(proxy.clone(), ids).into_server();
+        let parts = Parts {
+            proxy: proxy.clone(),
+            ids,
+            statements_per_host: tbird::hosts::DEFAULT_STATEMENTS_PER_HOST,
+            edge,
+        };
         let stop = shutdown.clone();
         let served = tokio::spawn(async move {
-            let _ = tokio::join!(
-                Server::builder()
-                    .add_service(tweets)
-                    .serve_with_incoming_shutdown(
-                        gizzard::server::incoming(tweets_listener),
-                        stop.cancelled()
-                    ),
-                Server::builder()
-                    .add_service(manager)
-                    .serve_with_incoming_shutdown(
-                        gizzard::server::incoming(admin_listener),
-                        stop.cancelled()
-                    ),
-            );
+            if let Err(error) = tbird::server::serve(listeners, parts, stop).await {
+                panic!("serve: {error}");
+            }
         });
         TweetServer {
             proxy,
@@ -253,10 +252,6 @@ impl TweetCluster {
         }
         differing
     }
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
 /// Starts a migration and waits (up to three minutes) until it ends.

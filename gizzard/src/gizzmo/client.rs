@@ -1,6 +1,6 @@
 //! The connection to one proxy's `gizzard.v1.ShardManager`: a deadline on connecting and on
-//! every call, the bearer token on every request, and errors that keep the server's message
-//! and status code.
+//! every call, TLS by the rule of `edge::client`, the bearer token on every request, and
+//! errors that keep the server's message and status code.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 
 /// The largest response accepted: a dump of a big topology runs to tens of megabytes.
@@ -48,21 +48,16 @@ impl Interceptor for BearerToken {
     }
 }
 
-/// Connects to `addr` (`HOST:PORT` or `http://HOST:PORT`) within `timeout`, which also bounds
-/// every call made through the client.
+/// Connects to `addr` (`HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`) within
+/// `timeout`, which also bounds every call made through the client.
 pub async fn connect(
     addr: &str,
+    tls: &edge::client::ClientTls,
     token: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<ManagerClient> {
     let token = BearerToken::new(token)?;
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri)
-        .with_context(|| format!("invalid address {addr:?}"))?
+    let endpoint = edge::client::endpoint(addr, tls)?
         .connect_timeout(timeout)
         .timeout(timeout)
         .tcp_nodelay(true);

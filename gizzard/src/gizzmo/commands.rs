@@ -24,11 +24,12 @@ pub struct Global {
     pub token: Option<String>,
     pub json: bool,
     pub timeout: Duration,
+    pub tls: edge::client::ClientTls,
 }
 
 impl Global {
     async fn connect(&self) -> anyhow::Result<ManagerClient> {
-        client::connect(&self.addr, self.token.as_deref(), self.timeout).await
+        client::connect(&self.addr, &self.tls, self.token.as_deref(), self.timeout).await
     }
 }
 
@@ -691,7 +692,8 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
         addrs
     };
     let answers = futures::future::join_all(addrs.iter().map(|addr| async move {
-        let mut client = client::connect(addr, global.token.as_deref(), global.timeout).await?;
+        let mut client =
+            client::connect(addr, &global.tls, global.token.as_deref(), global.timeout).await?;
         let version = client
             .get_version(pb::GetVersionRequest {})
             .await

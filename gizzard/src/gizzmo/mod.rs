@@ -50,6 +50,16 @@ pub struct Cli {
     /// Deadline for connecting and for each call, e.g. 10s or 500ms.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// PEM bundle of the CAs to trust instead of the system's. TLS is used for an https://
+    /// address, or for HOST:PORT with this or --tls-cert.
+    #[arg(long, global = true, env = "GIZZMO_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a server that requires one (implies TLS).
+    #[arg(long, global = true, env = "GIZZMO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "GIZZMO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -497,6 +507,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         token,
         json,
         timeout,
+        tls_ca,
+        tls_cert,
+        tls_key,
         command,
     } = cli;
     let global = commands::Global {
@@ -504,6 +517,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         token,
         json,
         timeout,
+        tls: edge::client::ClientTls {
+            ca: tls_ca,
+            cert: tls_cert,
+            key: tls_key,
+        },
     };
     commands::run(&global, command, out).await
 }

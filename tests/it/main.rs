@@ -10,6 +10,7 @@ mod gizzard_queue_locks;
 mod gizzard_scheduler;
 mod gizzmo_cli;
 mod harness;
+mod security;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_coalesce;

@@ -443,12 +443,12 @@ async fn gizzmo_needs_the_token_for_every_call() {
         write_file("admin-token", TOKEN),
         write_file("read-token", READ_TOKEN),
     );
-    let with_file = |file: &str, command: &[&str]| {
+    fn with_file<'a>(addr: &'a str, file: &'a str, command: &[&'a str]) -> Vec<&'a str> {
         [&["--addr", addr, "--token-file", file][..], command].concat()
-    };
-    let args = with_file(&admin_file, &["add-host", "a", url.as_str()]);
+    }
+    let args = with_file(addr, &admin_file, &["add-host", "a", url.as_str()]);
     assert!(gizzmo(&args).await.status.success(), "admin token file");
-    let args = with_file(&read_file, &["--json", "hosts"]);
+    let args = with_file(addr, &read_file, &["--json", "hosts"]);
     let hosts = gizzmo(&args).await;
     assert!(hosts.status.success(), "{}", text(&hosts.stderr));
     assert!(text(&hosts.stdout).contains("\"name\": \"a\""));
@@ -458,7 +458,7 @@ async fn gizzmo_needs_the_token_for_every_call() {
         &["servers"],
         &["jobs", "status"],
     ] {
-        let output = gizzmo(&with_file(&read_file, command)).await;
+        let output = gizzmo(&with_file(addr, &read_file, command)).await;
         assert!(
             output.status.success(),
             "{command:?}: {}",
@@ -470,7 +470,7 @@ async fn gizzmo_needs_the_token_for_every_call() {
         &["jobs", "pause"],
         &["reload"],
     ] {
-        let args = with_file(&read_file, command);
+        let args = with_file(addr, &read_file, command);
         let err = failure(&args, gizzmo(&args).await);
         assert!(
             err.contains("the read-only token cannot call") && err.contains("PERMISSION_DENIED"),
@@ -478,7 +478,7 @@ async fn gizzmo_needs_the_token_for_every_call() {
         );
     }
     let empty = write_file("empty-token", "");
-    let args = with_file(&empty, &["hosts"]);
+    let args = with_file(addr, &empty, &["hosts"]);
     let err = failure(&args, gizzmo(&args).await);
     assert!(err.contains("is empty") && err.contains(&empty), "{err}");
 

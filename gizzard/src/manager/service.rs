@@ -309,7 +309,7 @@ impl ShardManager for Manager {
 
     async fn reload(
         &self,
-        request: Request<pb::ReloadRequest>,
+        _: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
         let routing_version = self.routing.reload().await.map_err(nameserver_status)?;
         let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;

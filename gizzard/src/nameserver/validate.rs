@@ -203,7 +203,7 @@ fn check_table_classes(
             if let Some(NodeKind::Leaf(class_name)) = kinds.get(id) {
                 match first {
                     None => first = Some((id, class_name)),
-                    Some((first, expected)) if expected != class_name => {
+                    Some((first, expected)) if expected != class_name.as_str() => {
                         return Err(TopologyError::MixedClasses {
                             table_id,
                             first: first.clone(),

@@ -5,6 +5,13 @@
 //! Every operation runs under the database's deadline: mysql_async has no connect timeout of
 //! its own, and a paused server would otherwise hang a caller forever. SQLite work runs on a
 //! blocking thread, one connection at a time.
+//!
+//! - [`url`]: the shape of a URL per backend, and MySQL's TLS options (`ssl-mode`, `ssl-ca`).
+//! - [`text`]: what leaves a process: URLs with their passwords redacted ([`text::redact`]),
+//!   client input echoed within a bound ([`text::bounded`]).
+
+pub mod text;
+pub mod url;
 
 use std::{
     future::Future,
@@ -14,7 +21,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
+use mysql_async::{OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
 
 /// The database's clock in ms since the Unix epoch, as SQL: leases and registrations judge
 /// expiry by it, so the clocks of the machines using the database may disagree. Sessions run
@@ -37,6 +44,7 @@ const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// `url` is redacted ([`text::redact`]).
     #[error("invalid database url {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("mysql: {0}")]
@@ -91,11 +99,13 @@ impl Database {
     /// that is down must not keep the proxy from starting.
     pub async fn open_lazy(url: &str, timeout: Duration) -> Result<Self, DbError> {
         let bad_url = |reason: String| DbError::Url {
-            url: url.to_owned(),
-            reason,
+            url: text::redact(url).into_owned(),
+            reason: text::redact(&reason).into_owned(),
         };
         if url.starts_with("mysql://") {
-            let opts = Opts::from_url(url).map_err(|e| bad_url(e.to_string()))?;
+            let opts = url::MysqlUrl::parse(url)
+                .and_then(|parsed| parsed.opts())
+                .map_err(bad_url)?;
             let constraints = PoolConstraints::new(0, 32).expect("0 <= 32");
             let opts = OptsBuilder::from_opts(opts)
                 // Count matched rows, so an update that changes nothing still reports a match.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     db::{Database, DbError},
-    manager::{Manager, ManagerParts},
+    manager::{AdminTokens, Manager, ManagerParts},
     migrate::{
         self, MigrationSettings, MigrationStore, Migrator, StoreError,
         anti_entropy::{self, AntiEntropy, AntiEntropySettings, SweepError, SweepStore},
@@ -27,8 +27,8 @@ use crate::{
     },
 };
 
-/// How a proxy runs.
-#[derive(Clone, Debug)]
+/// How a proxy runs. Its `Debug` form shows no token and no password.
+#[derive(Clone)]
 pub struct ProxySettings {
     /// The nameserver database: `mysql://...` or `sqlite://PATH`.
     pub nameserver_url: String,
@@ -46,8 +46,10 @@ pub struct ProxySettings {
     pub retired_grace: Duration,
     /// The job workers.
     pub workers: WorkerSettings,
-    /// The bearer token admin calls that change anything must carry.
+    /// The bearer token every admin call must carry once set (none: every caller is allowed).
     pub admin_token: Option<String>,
+    /// A bearer token that allows the admin calls that change nothing; needs `admin_token`.
+    pub read_only_token: Option<String>,
     /// This server's name, reported by `gizzmo ping` and `gizzmo servers`.
     pub server_name: String,
     /// Where this server's ShardManager answers, as registered for `gizzmo ping`.
@@ -56,6 +58,30 @@ pub struct ProxySettings {
     pub migrations: MigrationSettings,
     /// How often replica pairs are swept and repaired in the background, and how fast.
     pub anti_entropy: AntiEntropySettings,
+}
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |token: &Option<String>| token.as_ref().map(|_| "***");
+        f.debug_struct("ProxySettings")
+            .field(
+                "nameserver_url",
+                &crate::db::text::redact(&self.nameserver_url),
+            )
+            .field("db_timeout", &self.db_timeout)
+            .field("leaf_timeout", &self.leaf_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("routing_lease", &self.routing_lease)
+            .field("retired_grace", &self.retired_grace)
+            .field("workers", &self.workers)
+            .field("admin_token", &set(&self.admin_token))
+            .field("read_only_token", &set(&self.read_only_token))
+            .field("server_name", &self.server_name)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("migrations", &self.migrations)
+            .field("anti_entropy", &self.anti_entropy)
+            .finish()
+    }
 }
 
 impl ProxySettings {
@@ -70,6 +96,7 @@ impl ProxySettings {
             retired_grace: retire::DEFAULT_GRACE,
             workers: WorkerSettings::default(),
             admin_token: None,
+            read_only_token: None,
             server_name: "gizzard".into(),
             advertise_addr: String::new(),
             migrations: MigrationSettings::default(),
@@ -77,8 +104,15 @@ impl ProxySettings {
         }
     }
 
+    /// Returns the tokens the admin service accepts, or why they cannot be used.
+    pub fn admin_tokens(&self) -> Result<AdminTokens, StartError> {
+        AdminTokens::new(self.admin_token.clone(), self.read_only_token.clone())
+            .map_err(StartError::Settings)
+    }
+
     /// Checks that the settings can run together.
     pub fn validate(&self) -> Result<(), StartError> {
+        self.admin_tokens()?;
         if self.routing_lease < self.poll_interval * 2 {
             return Err(StartError::Settings(format!(
                 "routing-lease ({:?}) must be at least twice the poll interval ({:?}), or every \
@@ -117,6 +151,7 @@ pub struct Proxy<S, W> {
     pub migrations: MigrationStore,
     pub sweeps: SweepStore,
     settings: ProxySettings,
+    tokens: AdminTokens,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -139,6 +174,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         settings.validate()?;
+        let tokens = settings.admin_tokens()?;
         let db = Database::open(&settings.nameserver_url, settings.db_timeout).await?;
         let nameserver = NameServer::open(db.clone()).await?;
         let queue = JobQueue::open(db.clone()).await?;
@@ -209,6 +245,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
             writer,
             migrations,
             settings,
+            tokens,
             sweeps,
             tasks,
         })
@@ -232,7 +269,7 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         };
         Manager::new(
             parts,
-            self.settings.admin_token.clone(),
+            self.tokens.clone(),
             self.settings.server_name.clone(),
         )
     }

@@ -152,6 +152,10 @@ impl Config {
                 "set worker-id for a static worker id, or lease-url to lease one".into(),
             );
         }
+        if let Some(url) = &self.lease_url {
+            db::url::check(url)
+                .map_err(|reason| ConfigError::Invalid(format!("lease-url: {reason}")))?;
+        }
         if self.lease_ttl < Duration::from_millis(300) {
             return invalid(format!(
                 "lease-ttl {:?} is under the minimum 300ms",

@@ -133,7 +133,7 @@ struct ServeArgs {
     #[arg(long, env = "SNOWFLAKE_WORKER_ID")]
     worker_id: Option<u8>,
     /// Lease the worker id from mysql://USER@HOST:PORT/DB or sqlite://PATH.
-    #[arg(long, env = "SNOWFLAKE_LEASE_URL")]
+    #[arg(long, env = "SNOWFLAKE_LEASE_URL", hide_env_values = true)]
     lease_url: Option<String>,
     /// Lease time-to-live [default: 10s].
     #[arg(long, env = "SNOWFLAKE_LEASE_TTL", value_parser = humantime::parse_duration)]
@@ -241,7 +241,8 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Returns the error and its causes on one line, skipping a cause whose text the message
-/// before it already ends with (our errors name their cause in their own message).
+/// before it already ends with (our errors name their cause in their own message), with the
+/// secrets of any URL in it redacted.
 fn error_text(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
@@ -250,7 +251,7 @@ fn error_text(err: &anyhow::Error) -> String {
             parts.push(text);
         }
     }
-    parts.join(": ")
+    db::text::redact(&parts.join(": ")).into_owned()
 }
 
 fn start() -> anyhow::Result<()> {

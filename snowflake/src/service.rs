@@ -40,7 +40,10 @@ pub fn validate_user_agent(agent: &str) -> Result<&str, RequestError> {
     if valid {
         Ok(agent)
     } else {
-        Err(RequestError::UserAgent(agent.to_owned()))
+        // Bounded: a long agent echoed whole would overflow the client's metadata limit.
+        Err(RequestError::UserAgent(
+            db::text::bounded(agent, MAX_USER_AGENT_LEN).into_owned(),
+        ))
     }
 }
 
@@ -311,5 +314,14 @@ mod tests {
         ] {
             assert!(validate_user_agent(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn a_long_agent_is_echoed_within_bounds() {
+        let agent = "a".repeat(10_000);
+        let err = validate_user_agent(&agent).expect_err("too long");
+        let message = Status::from(err).message().to_owned();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("(10000 characters)"), "{message}");
     }
 }

@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, env = "TBIRD_CONFIG")]
         config: Option<PathBuf>,
         /// The nameserver database, overriding the file.
-        #[arg(long, env = "TBIRD_NAMESERVER_URL")]
+        #[arg(long, env = "TBIRD_NAMESERVER_URL", hide_env_values = true)]
         nameserver_url: Option<String>,
         /// The Snowflake daemon, HOST:PORT, overriding the file.
         #[arg(long, env = "TBIRD_SNOWFLAKE_ADDR")]
@@ -51,12 +51,33 @@ enum Command {
         /// Address of the tweet service, overriding the file.
         #[arg(long, env = "TBIRD_LISTEN")]
         listen: Option<SocketAddr>,
-        /// Address of the ShardManager, overriding the file.
+        /// Address of the ShardManager, overriding the file [default: 127.0.0.1:7920; another
+        /// address needs an admin token].
         #[arg(long, env = "TBIRD_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
-        /// Admin bearer token, overriding the file.
-        #[arg(long, env = "TBIRD_ADMIN_TOKEN")]
+        /// Admin bearer token, overriding the file (prefer --admin-token-file: a command line
+        /// is visible to every user of the machine).
+        #[arg(long, env = "TBIRD_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// File holding the admin token (one line), overriding the file.
+        #[arg(
+            long,
+            env = "TBIRD_ADMIN_TOKEN_FILE",
+            conflicts_with = "admin_token",
+            value_name = "PATH"
+        )]
+        admin_token_file: Option<PathBuf>,
+        /// Token that allows only the admin calls that change nothing, overriding the file.
+        #[arg(long, env = "TBIRD_READ_ONLY_TOKEN", hide_env_values = true)]
+        read_only_token: Option<String>,
+        /// File holding the read-only token (one line), overriding the file.
+        #[arg(
+            long,
+            env = "TBIRD_READ_ONLY_TOKEN_FILE",
+            conflicts_with = "read_only_token",
+            value_name = "PATH"
+        )]
+        read_only_token_file: Option<PathBuf>,
         /// Address serving /metrics, or `off`, overriding the file [default: 0.0.0.0:9990].
         #[arg(long, env = "TBIRD_METRICS_LISTEN", value_name = "ADDR|off")]
         metrics_listen: Option<tbird::metrics::Listen>,
@@ -226,7 +247,7 @@ enum Command {
         #[arg(long, value_enum, requires = "nameserver_url")]
         baseline: Option<Baseline>,
         /// The nameserver to read the shards' topology from, for `--baseline direct`.
-        #[arg(long, env = "TBIRD_NAMESERVER_URL")]
+        #[arg(long, env = "TBIRD_NAMESERVER_URL", hide_env_values = true)]
         nameserver_url: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -433,6 +454,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             admin_listen,
             admin_token,
+            admin_token_file,
+            read_only_token,
+            read_only_token_file,
             metrics_listen,
             statements_per_host,
             advertise_addr,
@@ -455,7 +479,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.snowflake_addr = snowflake_addr.unwrap_or(server.snowflake_addr);
             server.listen = listen.unwrap_or(server.listen);
             server.admin_listen = admin_listen.unwrap_or(server.admin_listen);
-            server.admin_token = admin_token.or(server.admin_token);
+            // A flag replaces the file's token, and a file named by a flag its inline one.
+            if admin_token.is_some() || admin_token_file.is_some() {
+                (server.admin_token, server.admin_token_file) = (admin_token, admin_token_file);
+            }
+            if read_only_token.is_some() || read_only_token_file.is_some() {
+                (server.read_only_token, server.read_only_token_file) =
+                    (read_only_token, read_only_token_file);
+            }
             server.metrics_listen = metrics_listen.map_or(server.metrics_listen, |m| m.0);
             server.statements_per_host = statements_per_host.unwrap_or(server.statements_per_host);
             server.advertise_addr = advertise_addr.or(server.advertise_addr);
@@ -490,6 +521,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_listen,
             log_format: _,
         } => {
+            // The dev stack's admin service has no token: loopback only.
+            gizzard::manager::AdminTokens::default()
+                .check_listener(admin_listen)
+                .map_err(anyhow::Error::msg)?;
             run_dev(DevSettings {
                 data_dir,
                 listen,

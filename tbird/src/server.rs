@@ -18,6 +18,7 @@ use std::{
 };
 
 use gizzard::{
+    manager::{AdminTokens, auth::read_token_file},
     migrate::anti_entropy::AntiEntropySettings,
     scheduler::WorkerSettings,
     server::{Proxy, ProxySettings},
@@ -44,13 +45,20 @@ pub struct ServerConfig {
     pub snowflake_addr: String,
     /// Address of the tweet service.
     pub listen: SocketAddr,
-    /// Address of the ShardManager admin service.
+    /// Address of the ShardManager admin service; loopback by default, and anything else
+    /// needs an admin token.
     pub admin_listen: SocketAddr,
     /// Address of the HTTP endpoint serving `/metrics`; `"off"` in the file serves none.
     #[serde(deserialize_with = "crate::metrics::deserialize_listen")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Bearer token admin calls that change anything must carry; none allows every caller.
+    /// Bearer token every admin call must carry; none allows every caller (loopback only).
     pub admin_token: Option<String>,
+    /// File holding the admin token (one line), instead of `admin-token`.
+    pub admin_token_file: Option<PathBuf>,
+    /// Bearer token that allows the admin calls that change nothing (dumps, listings).
+    pub read_only_token: Option<String>,
+    /// File holding the read-only token, instead of `read-only-token`.
+    pub read_only_token_file: Option<PathBuf>,
     /// Job workers in this server.
     pub job_workers: usize,
     /// Deadline of a write on one replica before it is queued for retry.
@@ -123,9 +131,14 @@ impl Default for ServerConfig {
             nameserver_url: String::new(),
             snowflake_addr: "127.0.0.1:7609".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7915)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 7920)),
+            // Loopback: the admin service is for operators on this machine unless a token
+            // guards it (validate refuses anything else without one).
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7920)),
             metrics_listen: Some(metrics::DEFAULT_LISTEN),
             admin_token: None,
+            admin_token_file: None,
+            read_only_token: None,
+            read_only_token_file: None,
             job_workers: 4,
             leaf_timeout: gizzard::shards::write::DEFAULT_LEAF_TIMEOUT,
             db_timeout: db::DEFAULT_TIMEOUT,
@@ -190,6 +203,8 @@ impl ServerConfig {
         if self.nameserver_url.is_empty() {
             return Err(ServerError::Invalid("nameserver-url is not set".into()));
         }
+        db::url::check(&self.nameserver_url)
+            .map_err(|reason| ServerError::Invalid(format!("nameserver-url: {reason}")))?;
         if self.job_workers == 0 {
             return Err(ServerError::Invalid(
                 "job-workers must be at least 1".into(),
@@ -213,7 +228,32 @@ impl ServerConfig {
             ));
         }
         self.edge_settings()?;
+        let tokens = self.admin_tokens()?;
+        tokens
+            .check_listener(self.admin_listen)
+            .map_err(ServerError::Invalid)?;
         Ok(())
+    }
+
+    /// Returns the admin service's tokens, read from their files where given.
+    pub fn admin_tokens(&self) -> Result<AdminTokens, ServerError> {
+        let token = |name: &str, value: &Option<String>, file: &Option<PathBuf>| match (value, file)
+        {
+            (Some(_), Some(_)) => Err(ServerError::Invalid(format!(
+                "{name} and {name}-file are both set: keep one"
+            ))),
+            (_, Some(path)) => read_token_file(path)
+                .map(Some)
+                .map_err(|e| ServerError::Invalid(format!("{name}-file: {e}"))),
+            (value, None) => Ok(value.clone()),
+        };
+        let admin = token("admin-token", &self.admin_token, &self.admin_token_file)?;
+        let read_only = token(
+            "read-only-token",
+            &self.read_only_token,
+            &self.read_only_token_file,
+        )?;
+        AdminTokens::new(admin, read_only).map_err(ServerError::Invalid)
     }
 
     /// Returns the transport settings of both gRPC listeners.
@@ -425,6 +465,7 @@ async fn report_lease(
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     config.validate()?;
     let edge = config.edge_settings()?;
+    let tokens = config.admin_tokens()?;
     // First: the proxy and the service take their metric handles from the recorder.
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr, shutdown.clone()).await?;
@@ -455,7 +496,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             name: config.server_name.clone(),
             ..WorkerSettings::default()
         },
-        admin_token: config.admin_token.clone(),
+        admin_token: tokens.admin().map(str::to_owned),
+        read_only_token: tokens.read_only().map(str::to_owned),
         server_name: config.server_name.clone(),
         advertise_addr,
         routing_lease: config.routing_lease,
@@ -553,6 +595,43 @@ mod tests {
                 .expect("parses");
         let err = half.validate().expect_err("a certificate without its key");
         assert!(err.to_string().contains("tls-key"), "{err}");
+    }
+
+    #[test]
+    fn an_open_admin_service_listens_on_loopback_only() {
+        let config = |text: &str| {
+            let mut config: ServerConfig = toml::from_str(text).expect("parses");
+            config.nameserver_url = "mysql://u@db/gizzard".into();
+            config
+        };
+        assert!(
+            config("").admin_listen.ip().is_loopback(),
+            "the default is loopback"
+        );
+        config("").validate().expect("loopback without a token");
+        let err = config("admin-listen = \"0.0.0.0:7920\"")
+            .validate()
+            .expect_err("open on every address");
+        assert!(err.to_string().contains("admin-token-file"), "{err}");
+        config("admin-listen = \"0.0.0.0:7920\"\nadmin-token = \"t\"")
+            .validate()
+            .expect("with a token");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("admin-token");
+        std::fs::write(&file, "from-a-file\n").expect("write");
+        let text = format!(
+            "admin-listen = \"0.0.0.0:7920\"\nadmin-token-file = {:?}",
+            file.display().to_string()
+        );
+        let tokens = config(&text).admin_tokens().expect("read");
+        assert_eq!(tokens.admin(), Some("from-a-file"));
+        std::fs::write(&file, "").expect("write");
+        let err = config(&text).validate().expect_err("empty file");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let both = format!("{text}\nadmin-token = \"t\"");
+        let err = config(&both).validate().expect_err("both");
+        assert!(err.to_string().contains("keep one"), "{err}");
     }
 
     #[test]

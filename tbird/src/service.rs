@@ -339,6 +339,12 @@ impl TweetService {
                 r.limit
             )));
         }
+        // Tweet ids are below 2^63 (stored as signed BIGINT): a larger bound would wrap.
+        if let Some(max_id) = r.max_id.filter(|&id| id >> 63 != 0) {
+            return Err(Status::invalid_argument(format!(
+                "max_id {max_id} is out of range: tweet ids are below 2^63"
+            )));
+        }
         let limit = r.limit as usize;
         let tree = self
             .proxy

@@ -344,6 +344,7 @@ async fn invalid_batches_are_refused_whole() {
         change: Some(proto::gizzard::v1::change::Change::DeleteShard(
             "no-slash".into(),
         )),
+        force: false,
     };
     let status = manager
         .apply(tonic::Request::new(ApplyRequest {

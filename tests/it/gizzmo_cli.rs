@@ -10,6 +10,7 @@ use tests::kv::{KvShard, KvWrite, registry};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "s3cret-admin-token";
+const READ_TOKEN: &str = "s3cret-read-only-token";
 
 /// A proxy serving its admin service on a loopback port.
 struct Server {
@@ -53,6 +54,7 @@ impl Cluster {
         let addr = listener.local_addr().expect("local addr").to_string();
         let settings = ProxySettings {
             admin_token: Some(TOKEN.into()),
+            read_only_token: Some(READ_TOKEN.into()),
             server_name: name.into(),
             advertise_addr: addr.clone(),
             poll_interval,
@@ -401,18 +403,26 @@ async fn gizzmo_refuses_bad_input_and_names_the_problem() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gizzmo_needs_the_token_for_changes() {
+async fn gizzmo_needs_the_token_for_every_call() {
     let cluster = Cluster::start().await;
     let url = cluster.host_url("a");
-    let args = ["--addr", cluster.addr(), "add-host", "a", url.as_str()];
-    let err = failure(&args, gizzmo(&args).await);
-    assert!(
-        err.contains("pass --token") && err.contains("UNAUTHENTICATED"),
-        "{err}"
-    );
+    let addr = cluster.addr();
+    for command in [
+        &["add-host", "a", url.as_str()][..],
+        &["hosts"],
+        &["jobs", "list"],
+        &["migrations"],
+    ] {
+        let args = [&["--addr", addr][..], command].concat();
+        let err = failure(&args, gizzmo(&args).await);
+        assert!(
+            err.contains("pass --token") && err.contains("UNAUTHENTICATED"),
+            "{command:?}: {err}"
+        );
+    }
     let args = [
         "--addr",
-        cluster.addr(),
+        addr,
         "--token",
         "wrong",
         "add-host",
@@ -424,10 +434,55 @@ async fn gizzmo_needs_the_token_for_changes() {
         err.contains("the bearer token is wrong (code: PERMISSION_DENIED)"),
         "{err}"
     );
-    // Reads need no token.
-    let hosts = gizzmo(&["--addr", cluster.addr(), "--json", "hosts"]).await;
-    assert!(hosts.status.success());
-    assert_eq!(text(&hosts.stdout).trim(), "[]");
+
+    // Tokens from files: the admin token allows changes, the read-only one reads only.
+    let write_file = |name: &str, token: &str| {
+        let path = cluster.dir.path().join(name);
+        std::fs::write(&path, format!("{token}\n")).expect("write token file");
+        path.display().to_string()
+    };
+    let (admin_file, read_file) = (
+        write_file("admin-token", TOKEN),
+        write_file("read-token", READ_TOKEN),
+    );
+    fn with_file<'a>(addr: &'a str, file: &'a str, command: &[&'a str]) -> Vec<&'a str> {
+        [&["--addr", addr, "--token-file", file][..], command].concat()
+    }
+    let args = with_file(addr, &admin_file, &["add-host", "a", url.as_str()]);
+    assert!(gizzmo(&args).await.status.success(), "admin token file");
+    let args = with_file(addr, &read_file, &["--json", "hosts"]);
+    let hosts = gizzmo(&args).await;
+    assert!(hosts.status.success(), "{}", text(&hosts.stderr));
+    assert!(text(&hosts.stdout).contains("\"name\": \"a\""));
+    for command in [
+        &["jobs", "list"][..],
+        &["migrations"],
+        &["servers"],
+        &["jobs", "status"],
+    ] {
+        let output = gizzmo(&with_file(addr, &read_file, command)).await;
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    for command in [
+        &["add-host", "b", url.as_str()][..],
+        &["jobs", "pause"],
+        &["reload"],
+    ] {
+        let args = with_file(addr, &read_file, command);
+        let err = failure(&args, gizzmo(&args).await);
+        assert!(
+            err.contains("the read-only token cannot call") && err.contains("PERMISSION_DENIED"),
+            "{command:?}: {err}"
+        );
+    }
+    let empty = write_file("empty-token", "");
+    let args = with_file(addr, &empty, &["hosts"]);
+    let err = failure(&args, gizzmo(&args).await);
+    assert!(err.contains("is empty") && err.contains(&empty), "{err}");
 
     let status = cluster.ok(&["jobs", "status"]).await;
     let lines: Vec<Vec<&str>> = status

@@ -15,6 +15,7 @@ mod gizzard_scheduler;
 mod gizzmo_cli;
 mod grpcurl_examples;
 mod harness;
+mod security;
 mod snowflake_daemon;
 mod snowflake_leases;
 mod tbird_coalesce;

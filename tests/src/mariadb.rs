@@ -9,6 +9,10 @@
 //! Fault hooks: [`MariaDb::stop`] (clean shutdown), [`MariaDb::kill`] (SIGKILL),
 //! [`MariaDb::pause`] / [`MariaDb::resume`] (SIGSTOP / SIGCONT) and [`MariaDb::restart`] (same
 //! datadir and port).
+//!
+//! TLS: [`MariaDb::start_tls`] serves a certificate for 127.0.0.1 signed by a [`TestCa`] the
+//! test made, and refuses plaintext (`--require-secure-transport`); its [`MariaDb::url`]s then
+//! ask for `ssl-mode=verify-identity` with that CA.
 
 use std::{
     fs,
@@ -61,6 +65,64 @@ pub struct MariaDb {
     paused: bool,
     /// Flags after the harness's own, which they override.
     extra_flags: &'static [&'static str],
+    /// The CA certificate (PEM file) the server's certificate is signed by, when it serves
+    /// TLS only.
+    tls_ca: Option<PathBuf>,
+}
+
+/// A certificate authority made for one test (an ECDSA P-256 key, never written anywhere
+/// but the test's own directories), and the server certificates it signs.
+#[derive(Debug)]
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert_pem: String,
+}
+
+impl TestCa {
+    /// Makes a new CA named `name`.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("generate a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).expect("self-sign the CA");
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            cert_pem: cert.pem(),
+        }
+    }
+
+    /// Returns the CA's certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Writes the CA's certificate to `path` and returns it.
+    pub fn write_cert(&self, path: &Path) -> PathBuf {
+        fs::write(path, &self.cert_pem).expect("write the CA certificate");
+        path.to_owned()
+    }
+
+    /// Returns a server certificate for `names` (IP addresses or DNS names) and its key, PEM.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("generate a server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tbird test server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
 }
 
 impl MariaDb {
@@ -71,6 +133,19 @@ impl MariaDb {
 
     /// Starts a server with `extra_flags` after the harness's own (see [`BENCH_FLAGS`]).
     pub async fn start_with(extra_flags: &'static [&'static str]) -> Result<Self, HarnessError> {
+        Self::start_inner(extra_flags, None).await
+    }
+
+    /// Starts a server that accepts TLS connections only, with a certificate for 127.0.0.1
+    /// signed by `ca`. Its URLs ask for `ssl-mode=verify-identity` with `ca`'s certificate.
+    pub async fn start_tls(ca: &TestCa) -> Result<Self, HarnessError> {
+        Self::start_inner(&[], Some(ca)).await
+    }
+
+    async fn start_inner(
+        extra_flags: &'static [&'static str],
+        ca: Option<&TestCa>,
+    ) -> Result<Self, HarnessError> {
         let template = tokio::task::spawn_blocking(template_datadir)
             .await
             .map_err(|e| io_err("make template")(io::Error::other(e)))??;
@@ -79,6 +154,19 @@ impl MariaDb {
             .tempdir()
             .map_err(io_err("create instance dir"))?;
         copy_dir(&template, &dir.path().join("data"))?;
+        let tls_ca = match ca {
+            Some(ca) => {
+                let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]);
+                let write = |name: &str, text: &str| {
+                    fs::write(dir.path().join(name), text).map_err(io_err(format!("write {name}")))
+                };
+                write("server-cert.pem", &cert)?;
+                write("server-key.pem", &key)?;
+                write("ca.pem", ca.cert_pem())?;
+                Some(dir.path().join("ca.pem"))
+            }
+            None => None,
+        };
         // A port picked free may be taken before the server binds it; then try another.
         let mut server = Self {
             port: 0,
@@ -86,6 +174,7 @@ impl MariaDb {
             child: None,
             paused: false,
             extra_flags,
+            tls_ca,
         };
         let mut attempt = 0;
         loop {
@@ -124,8 +213,18 @@ impl MariaDb {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Returns a `mysql://` URL for database `db` as root.
+    /// Returns a `mysql://` URL for database `db` as root; for a TLS server, one that verifies
+    /// the server's certificate and name with the test's CA.
     pub fn url(&self, db: &str) -> String {
+        let plain = self.plain_url(db);
+        match &self.tls_ca {
+            Some(ca) => format!("{plain}?ssl-mode=verify-identity&ssl-ca={}", ca.display()),
+            None => plain,
+        }
+    }
+
+    /// Returns a `mysql://` URL for database `db` as root, without TLS options.
+    pub fn plain_url(&self, db: &str) -> String {
         format!("mysql://root@127.0.0.1:{}/{db}", self.port)
     }
 
@@ -138,10 +237,18 @@ impl MariaDb {
         Ok(self.url(db))
     }
 
-    /// Opens one connection to database `db` (empty for none), over TCP.
+    /// Opens one connection to database `db` (empty for none), over TCP (TLS for a TLS
+    /// server).
     pub async fn connect(&self, db: &str) -> Result<mysql_async::Conn, HarnessError> {
-        let opts = mysql_async::Opts::from_url(&self.url(db)).expect("harness URLs are valid");
-        let opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
+        let opts =
+            mysql_async::Opts::from_url(&self.plain_url(db)).expect("harness URLs are valid");
+        let mut opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
+        if let Some(ca) = &self.tls_ca {
+            let ssl = mysql_async::SslOpts::default()
+                .with_root_certs(vec![ca.clone().into()])
+                .with_disable_built_in_roots(true);
+            opts = opts.ssl_opts(Some(ssl));
+        }
         let connect = mysql_async::Conn::new(opts);
         match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(conn) => Ok(conn?),
@@ -237,6 +344,15 @@ impl MariaDb {
             .arg(format!("--log-error={}", dir.join("error.log").display()))
             .args(SERVER_FLAGS)
             .args(self.extra_flags)
+            .args(self.tls_ca.iter().flat_map(|_| {
+                [
+                    format!("--ssl-cert={}", dir.join("server-cert.pem").display()),
+                    format!("--ssl-key={}", dir.join("server-key.pem").display()),
+                    format!("--ssl-ca={}", dir.join("ca.pem").display()),
+                    // Plaintext TCP is refused, for every user.
+                    "--require-secure-transport=ON".to_owned(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

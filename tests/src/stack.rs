@@ -82,6 +82,11 @@ impl Daemon {
         }
     }
 
+    /// Returns the process id while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the process again with the same arguments (after [`Daemon::kill`]).
     pub fn restart(&mut self) {
         self.kill();

@@ -122,6 +122,7 @@ fn changes(
             url,
             read_weight,
             write_weight,
+            force,
         } => {
             let verb = if topology.hosts.contains_key(&name) {
                 "updated"
@@ -134,7 +135,12 @@ fn changes(
                 read_weight,
                 write_weight,
             };
-            one(format!("{verb} host {name}"), Change::SetHost(host))
+            let change = if force {
+                Change::RepointHost(host)
+            } else {
+                Change::SetHost(host)
+            };
+            one(format!("{verb} host {name}"), change)
         }
         Command::RemoveHost { name } => {
             let held: Vec<String> = topology
@@ -274,7 +280,7 @@ fn hosts(topology: &pb::Topology, json: bool) -> String {
             .map(|h| {
                 json!({
                     "name": h.name,
-                    "url": render::redact_url(&h.url),
+                    "url": crate::db::text::redact(&h.url),
                     "read_weight": h.read_weight,
                     "write_weight": h.write_weight,
                 })
@@ -288,7 +294,7 @@ fn hosts(topology: &pb::Topology, json: bool) -> String {
         .map(|h| {
             vec![
                 h.name.clone(),
-                render::redact_url(&h.url),
+                crate::db::text::redact(&h.url).into_owned(),
                 h.read_weight.to_string(),
                 h.write_weight.to_string(),
             ]

@@ -41,9 +41,19 @@ pub struct Cli {
         default_value = "127.0.0.1:7920"
     )]
     pub addr: String,
-    /// Admin token, sent as `authorization: Bearer TOKEN` (needed for changes).
+    /// Admin (or read-only) token, sent as `authorization: Bearer TOKEN`; a server with a
+    /// token set needs one for every call.
     #[arg(long, global = true, env = "GIZZMO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the token (one line), so it appears in no command line or environment.
+    #[arg(
+        long,
+        global = true,
+        env = "GIZZMO_TOKEN_FILE",
+        conflicts_with = "token",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables and trees.
     #[arg(long, global = true)]
     pub json: bool,
@@ -102,7 +112,8 @@ pub enum Command {
     /// Create a table: N ranges spread evenly over the hash space, each a ReplicatingShard
     /// over one leaf per replica host, in one atomic batch.
     CreateTable(CreateTableArgs),
-    /// Add a host shards can live on, or update the one of that name.
+    /// Add a host shards can live on, or update the one of that name (a new url for a host
+    /// that holds shards needs --force).
     AddHost {
         /// Host name, as used in shard ids (HOST/PREFIX).
         name: String,
@@ -114,6 +125,9 @@ pub enum Command {
         /// Weight of this host for writes when rebalancing.
         #[arg(long, default_value_t = 1)]
         write_weight: u32,
+        /// Change the url of a host that holds shards (their tables must be at the new url).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a host that holds no shards.
     RemoveHost {
@@ -505,6 +519,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let Cli {
         addr,
         token,
+        token_file,
         json,
         timeout,
         tls_ca,
@@ -512,6 +527,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         tls_key,
         command,
     } = cli;
+    let token = match token_file {
+        Some(path) => {
+            Some(crate::manager::auth::read_token_file(&path).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        None => token,
+    };
     let global = commands::Global {
         addr,
         token,
@@ -527,7 +548,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// Returns the text of an error with its causes, `: `-separated, leaving out a cause that
-/// repeats the one before it (transport errors often nest the same message).
+/// repeats the one before it (transport errors often nest the same message), with the
+/// secrets of any URL in it redacted.
 pub fn error_text(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
@@ -536,7 +558,7 @@ pub fn error_text(err: &anyhow::Error) -> String {
             parts.push(text);
         }
     }
-    parts.join(": ")
+    crate::db::text::redact(&parts.join(": ")).into_owned()
 }
 
 #[cfg(test)]

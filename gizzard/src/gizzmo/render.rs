@@ -134,22 +134,6 @@ pub fn tree_json(node: &pb::TreeNode) -> Value {
     })
 }
 
-/// Returns `url` with any password replaced by `***`, so listings do not leak credentials.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((user_info, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match user_info.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Returns the name of a priority as the flags spell it.
 pub fn priority(value: i32) -> String {
     match pb::Priority::try_from(value) {
@@ -303,17 +287,6 @@ mod tests {
         let column = lines[0].find("COUNT").expect("header");
         assert_eq!(lines[1].len(), lines[2].len(), "{text}");
         assert!(lines[2][column..].contains("100"), "{text}");
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("mysql://u:pw@db:3306/ns"),
-            "mysql://u:***@db:3306/ns"
-        );
-        assert_eq!(redact_url("mysql://u@db:3306/ns"), "mysql://u@db:3306/ns");
-        assert_eq!(redact_url("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
-        assert_eq!(redact_url("nonsense"), "nonsense");
     }
 
     #[test]

@@ -53,9 +53,15 @@ fn forwarding(field: &str, f: pb::Forwarding) -> Result<Forwarding, Status> {
 pub fn change(index: usize, change: pb::Change) -> Result<Change, Status> {
     use pb::change::Change as C;
     let field = format!("changes[{index}]");
+    let force = change.force;
     let inner = change
         .change
         .ok_or_else(|| Status::invalid_argument(format!("{field} is empty")))?;
+    if force && !matches!(inner, C::SetHost(_)) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: force applies to set_host only"
+        )));
+    }
     Ok(match inner {
         C::CreateShard(s) => Change::CreateShard(shard_info(&field, s)?),
         C::DeleteShard(id) => Change::DeleteShard(shard_id(&field, &id)?),
@@ -67,17 +73,36 @@ pub fn change(index: usize, change: pb::Change) -> Result<Change, Status> {
                 down: l.down,
             }
         }
-        C::SetForwarding(f) => Change::SetForwarding(forwarding(&field, f)?),
-        C::RemoveForwarding(f) => Change::RemoveForwarding {
-            table_id: f.table_id,
-            base_id: f.base_id,
-        },
-        C::SetHost(h) => Change::SetHost(Host {
-            name: h.name,
-            url: h.url,
-            read_weight: h.read_weight,
-            write_weight: h.write_weight,
-        }),
+        C::SetForwarding(f) => {
+            table_id(&field, f.table_id)?;
+            Change::SetForwarding(forwarding(&field, f)?)
+        }
+        C::RemoveForwarding(f) => {
+            table_id(&field, f.table_id)?;
+            Change::RemoveForwarding {
+                table_id: f.table_id,
+                base_id: f.base_id,
+            }
+        }
+        C::SetHost(h) => {
+            db::url::check(&h.url).map_err(|reason| {
+                Status::invalid_argument(format!(
+                    "{field}: url of host {:?}: {reason}",
+                    bounded(&h.name)
+                ))
+            })?;
+            let host = Host {
+                name: h.name,
+                url: h.url,
+                read_weight: h.read_weight,
+                write_weight: h.write_weight,
+            };
+            if force {
+                Change::RepointHost(host)
+            } else {
+                Change::SetHost(host)
+            }
+        }
         C::RemoveHost(name) => Change::RemoveHost(name),
         C::SetBusy(s) => Change::SetBusy {
             id: shard_id(&format!("{field}.id"), &s.id)?,
@@ -104,7 +129,7 @@ pub fn change_to_pb(change: &Change) -> pb::Change {
             base_id: *base_id,
             shard_id: String::new(),
         }),
-        Change::SetHost(h) => C::SetHost(host_to_pb(h)),
+        Change::SetHost(h) | Change::RepointHost(h) => C::SetHost(host_to_pb(h)),
         Change::RemoveHost(name) => C::RemoveHost(name.clone()),
         Change::SetBusy { id, busy } => C::SetBusy(pb::Shard {
             id: id.to_string(),
@@ -114,7 +139,23 @@ pub fn change_to_pb(change: &Change) -> pb::Change {
     };
     pb::Change {
         change: Some(inner),
+        force: matches!(change, Change::RepointHost(_)),
     }
+}
+
+/// Refuses a negative table id: table ids are 0 and up.
+fn table_id(field: &str, table_id: i32) -> Result<(), Status> {
+    if table_id < 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: table id {table_id} is negative: table ids are 0 or more"
+        )));
+    }
+    Ok(())
+}
+
+/// Returns client input as an error may echo it.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    db::text::bounded(text, db::text::MAX_ECHO)
 }
 
 pub fn shard_to_pb(s: &ShardInfo) -> pb::Shard {
@@ -167,7 +208,15 @@ pub fn topology_to_pb(t: &Topology) -> pb::Topology {
                 })
             })
             .collect(),
-        hosts: t.hosts.values().map(host_to_pb).collect(),
+        // No password leaves the server: a dump is for reading, and changes name urls anew.
+        hosts: t
+            .hosts
+            .values()
+            .map(|h| pb::Host {
+                url: db::text::redact(&h.url).into_owned(),
+                ..host_to_pb(h)
+            })
+            .collect(),
     }
 }
 

@@ -71,6 +71,16 @@ fn pair(
     if a == b {
         return Err(Status::invalid_argument("a and b are the same shard"));
     }
+    // Rows of one class mean nothing to a table of another: the copy job would fail on every
+    // page and be parked, leaving the migration running.
+    let class = |id: &ShardId| topology.shards.get(id).map(|info| info.class_name.as_str());
+    if class(&a) != class(&b) {
+        return Err(Status::invalid_argument(format!(
+            "{a} is a {} and {b} a {}: copy, diff and repair need two leaves of one class",
+            class(&a).unwrap_or("?"),
+            class(&b).unwrap_or("?")
+        )));
+    }
     Ok((a, b, hashes(pair.hashes)?))
 }
 

@@ -6,7 +6,10 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use proto::gizzard::v1::{self as pb, shard_manager_server::ShardManager};
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{
+    auth::{AdminTokens, Guarded},
+    convert,
+};
 use crate::{
     migrate::{MigrationStore, anti_entropy::SweepStore},
     nameserver::{
@@ -54,7 +57,7 @@ pub struct Manager {
     sweeps: SweepStore,
     types: ShardTypes,
     materializer: Arc<dyn Materializer>,
-    token: Option<String>,
+    tokens: AdminTokens,
     server_name: String,
 }
 
@@ -99,9 +102,9 @@ pub struct ManagerParts {
 }
 
 impl Manager {
-    /// Returns the service; with `token` set, calls that change anything must carry
-    /// `authorization: Bearer <token>`.
-    pub fn new(parts: ManagerParts, token: Option<String>, server_name: String) -> Self {
+    /// Returns the service; with an admin token in `tokens`, every call must carry
+    /// `authorization: Bearer <token>` (checked by [`Manager::into_server`]).
+    pub fn new(parts: ManagerParts, tokens: AdminTokens, server_name: String) -> Self {
         let ManagerParts {
             nameserver,
             routing,
@@ -119,7 +122,7 @@ impl Manager {
             sweeps,
             types,
             materializer,
-            token,
+            tokens,
             server_name,
         }
     }
@@ -159,37 +162,28 @@ impl Manager {
         Ok(())
     }
 
-    /// Returns the tonic server for this service.
-    pub fn into_server(self) -> pb::shard_manager_server::ShardManagerServer<Self> {
+    /// Returns the tonic server for this service behind its token check, which runs on a
+    /// request's headers before its body is decoded. Serve only this: the bare
+    /// `ShardManagerServer` checks no token.
+    pub fn into_server(self) -> Guarded<pb::shard_manager_server::ShardManagerServer<Self>> {
+        let tokens = self.tokens.clone();
         // Large batches (tens of thousands of forwardings) exceed tonic's 4 MiB default.
-        pb::shard_manager_server::ShardManagerServer::new(self).max_decoding_message_size(64 << 20)
+        let server = pb::shard_manager_server::ShardManagerServer::new(self)
+            .max_decoding_message_size(64 << 20);
+        Guarded::new(server, tokens)
     }
-
-    pub(super) fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::permission_denied("the bearer token is wrong")),
-            None => Err(Status::unauthenticated(
-                "this call changes the topology or the queue: pass --token",
-            )),
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub(super) fn nameserver_status(err: NameServerError) -> Status {
     match &err {
+        // Requests that could never be right as sent: the caller must change them.
+        NameServerError::Rejected {
+            source: TopologyError::HostHoldsShards { .. },
+            ..
+        }
+        | NameServerError::Invalid(
+            TopologyError::MixedClasses { .. } | TopologyError::InvalidHost { .. },
+        ) => Status::invalid_argument(err.to_string()),
         NameServerError::Rejected { .. } | NameServerError::Invalid(_) => {
             Status::failed_precondition(err.to_string())
         }
@@ -239,7 +233,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.authorize(&request)?;
         let changes = request
             .into_inner()
             .changes
@@ -316,9 +309,8 @@ impl ShardManager for Manager {
 
     async fn reload(
         &self,
-        request: Request<pb::ReloadRequest>,
+        _: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
-        self.authorize(&request)?;
         let routing_version = self.routing.reload().await.map_err(nameserver_status)?;
         let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
         Ok(Response::new(
@@ -378,7 +370,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::RetryJobsRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        self.authorize(&request)?;
         let ids = job_ids(&request.into_inner().ids)?;
         let target = if ids.is_empty() {
             RetryTarget::AllBad
@@ -393,7 +384,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::PurgeJobsRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        self.authorize(&request)?;
         let r = request.into_inner();
         let mut filter = job_filter(r.state, r.priority, r.shard, 0)?;
         filter.limit = None;
@@ -415,7 +405,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::QueueControlRequest>,
     ) -> Result<Response<pb::QueueStatus>, Status> {
-        self.authorize(&request)?;
         for priority in priorities(request.into_inner().priority)? {
             self.queue.pause(priority).await.map_err(queue_status)?;
         }
@@ -426,7 +415,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::QueueControlRequest>,
     ) -> Result<Response<pb::QueueStatus>, Status> {
-        self.authorize(&request)?;
         for priority in priorities(request.into_inner().priority)? {
             self.queue.resume(priority).await.map_err(queue_status)?;
         }
@@ -437,7 +425,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::StartMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
-        self.authorize(&request)?;
         self.start(request.into_inner()).await.map(Response::new)
     }
 
@@ -461,7 +448,6 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
-        self.authorize(&request)?;
         self.cancel(request.into_inner().id)
             .await
             .map(Response::new)

@@ -198,13 +198,25 @@ pub struct Forwarding {
 }
 
 /// A database host that leaves live on: `url` is `mysql://...` or `sqlite://...`; the
-/// weights let rebalancing put more shards on bigger hosts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// weights let rebalancing put more shards on bigger hosts. Its `Debug` form hides the url's
+/// password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub name: String,
     pub url: String,
     pub read_weight: u32,
     pub write_weight: u32,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("name", &self.name)
+            .field("url", &db::text::redact(&self.url))
+            .field("read_weight", &self.read_weight)
+            .field("write_weight", &self.write_weight)
+            .finish()
+    }
 }
 
 /// The whole sharding topology at one version of the nameserver.
@@ -236,8 +248,11 @@ pub enum Change {
     SetForwarding(Forwarding),
     /// Removes an existing forwarding.
     RemoveForwarding { table_id: i32, base_id: i64 },
-    /// Adds a host, or replaces the one of the same name.
+    /// Adds a host, or replaces the one of the same name; the url of a host that holds shards
+    /// is not changed (the nameserver refuses the batch): see [`Change::RepointHost`].
     SetHost(Host),
+    /// Replaces a host whose shards' tables are now at a new url (`add-host --force`).
+    RepointHost(Host),
     /// Removes an existing host.
     RemoveHost(String),
     /// Marks an existing shard busy (or not).
@@ -314,6 +329,24 @@ pub enum TopologyError {
          {first_base_id}); every table needs a forwarding at 0"
     )]
     TableNotStartingAtZero { table_id: i32, first_base_id: i64 },
+    /// A table's trees hold leaves of two classes: `first` of `expected`, `id` of `class_name`.
+    #[error(
+        "table {table_id} would hold leaves of two classes: {first} is a {expected} and {id} a \
+         {class_name}; every leaf under one table has the same class"
+    )]
+    MixedClasses {
+        table_id: i32,
+        first: ShardId,
+        expected: String,
+        id: ShardId,
+        class_name: String,
+    },
+    /// `SetHost` would move a host that holds shards to another url.
+    #[error(
+        "host {name:?} holds {shards} shard(s) and its url would change: pass --force (force \
+         in the change) if their tables are at the new url already"
+    )]
+    HostHoldsShards { name: String, shards: usize },
 }
 
 fn cycle_text(cycle: &[ShardId]) -> String {
@@ -385,7 +418,7 @@ impl Topology {
                     return Err(TopologyError::ForwardingNotFound { table_id, base_id });
                 }
             }
-            Change::SetHost(host) => {
+            Change::SetHost(host) | Change::RepointHost(host) => {
                 self.hosts.insert(host.name.clone(), host.clone());
             }
             Change::RemoveHost(name) => {

@@ -449,6 +449,10 @@ fn plan(
             let source = retired::still_retiring(&info.id);
             return Err(NameServerError::Rejected { index, source });
         }
+        if let Change::SetHost(host) = change {
+            repoints(&topology, host)
+                .map_err(|source| NameServerError::Rejected { index, source })?;
+        }
         topology
             .apply(change)
             .map_err(|source| NameServerError::Rejected { index, source })?;
@@ -464,6 +468,29 @@ fn plan(
     writes.version = version_param;
     writes.retired = retiring;
     Ok((version, writes))
+}
+
+/// Refuses a `SetHost` that moves a host holding shards to another url: their reads and writes
+/// would go to tables that may not be there (`RepointHost` is the deliberate form).
+fn repoints(topology: &Topology, host: &Host) -> Result<(), TopologyError> {
+    let Some(old) = topology.hosts.get(&host.name) else {
+        return Ok(());
+    };
+    if old.url == host.url {
+        return Ok(());
+    }
+    let shards = topology
+        .shards
+        .keys()
+        .filter(|id| id.hostname == host.name)
+        .count();
+    if shards == 0 {
+        return Ok(());
+    }
+    Err(TopologyError::HostHoldsShards {
+        name: host.name.clone(),
+        shards,
+    })
 }
 
 /// The value each key a batch touched had before the batch (`None`: absent).
@@ -528,7 +555,9 @@ impl Before {
                     .entry(key)
                     .or_insert_with(|| t.forwardings.get(&key).cloned());
             }
-            Change::SetHost(Host { name, .. }) | Change::RemoveHost(name) => {
+            Change::SetHost(Host { name, .. })
+            | Change::RepointHost(Host { name, .. })
+            | Change::RemoveHost(name) => {
                 self.hosts
                     .entry(name.clone())
                     .or_insert_with(|| t.hosts.get(name).cloned());

@@ -5,7 +5,7 @@
 //! at fault. Iteration follows the topology's sorted maps, so the same topology always yields
 //! the same error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::model::{MAX_HASH, NodeKind, ShardId, ShardTypes, Topology, TopologyError};
 
@@ -19,7 +19,9 @@ use super::model::{MAX_HASH, NodeKind, ShardId, ShardTypes, Topology, TopologyEr
 ///   one, BlackHole nodes at most one (ignored), leaves none;
 /// - leaves sit on a known host (virtual nodes use `localhost` and are not checked);
 /// - forwardings point at existing shards, base ids lie in `0..=MAX_HASH`, and every table
-///   with forwardings has one at base id 0.
+///   with forwardings has one at base id 0;
+/// - every leaf under one table's forwardings has the same class: a tree of one table never
+///   holds another table's rows (two tables may share a tree of that class).
 pub fn validate(topology: &Topology, types: &ShardTypes) -> Result<(), TopologyError> {
     check_ids_and_hosts(topology)?;
     let mut kinds = HashMap::with_capacity(topology.shards.len());
@@ -48,7 +50,8 @@ pub fn validate(topology: &Topology, types: &ShardTypes) -> Result<(), TopologyE
             });
         }
     }
-    check_forwardings(topology)
+    check_forwardings(topology)?;
+    check_table_classes(topology, &kinds)
 }
 
 fn check_ids_and_hosts(topology: &Topology) -> Result<(), TopologyError> {
@@ -73,15 +76,9 @@ fn check_ids_and_hosts(topology: &Topology) -> Result<(), TopologyError> {
             )));
         }
         super::model::check_hostname(name).map_err(|e| invalid(e.to_string()))?;
-        let scheme_ok = ["mysql://", "sqlite://"]
-            .iter()
-            .any(|scheme| host.url.len() > scheme.len() && host.url.starts_with(scheme));
-        if !scheme_ok {
-            return Err(invalid(format!(
-                "url {:?} is not mysql://USER@HOST:PORT/DB or sqlite://PATH",
-                host.url
-            )));
-        }
+        db::url::check(&host.url).map_err(|reason| {
+            invalid(format!("url {:?}: {reason}", db::text::redact(&host.url)))
+        })?;
     }
     Ok(())
 }
@@ -184,6 +181,46 @@ fn check_forwardings(topology: &Topology) -> Result<(), TopologyError> {
     Ok(())
 }
 
+/// Checks that the leaves under each table's forwardings share one class. Each table's trees
+/// are walked once (a shard under several roots of the table is visited once).
+fn check_table_classes(
+    topology: &Topology,
+    kinds: &HashMap<&ShardId, NodeKind>,
+) -> Result<(), TopologyError> {
+    let mut tables = topology.forwardings.iter().peekable();
+    while let Some((&(table_id, _), root)) = tables.next() {
+        let mut roots = vec![root];
+        while let Some((_, root)) = tables.next_if(|((t, _), _)| *t == table_id) {
+            roots.push(root);
+        }
+        let mut seen: HashSet<&ShardId> = HashSet::new();
+        let mut pending = roots;
+        let mut first: Option<(&ShardId, &str)> = None;
+        while let Some(id) = pending.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(NodeKind::Leaf(class_name)) = kinds.get(id) {
+                match first {
+                    None => first = Some((id, class_name)),
+                    Some((first, expected)) if expected != class_name.as_str() => {
+                        return Err(TopologyError::MixedClasses {
+                            table_id,
+                            first: first.clone(),
+                            expected: expected.to_owned(),
+                            id: id.clone(),
+                            class_name: class_name.clone(),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            pending.extend(topology.children(id).map(|(child, _)| child));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +231,7 @@ mod tests {
     }
 
     fn types() -> ShardTypes {
-        ShardTypes::new(["TweetShard"])
+        ShardTypes::new(["TweetShard", "TimelineShard"])
     }
 
     fn shard(s: &str, class: &str) -> Change {
@@ -367,6 +404,48 @@ mod tests {
         })])
         .expect_err("bad url");
         assert!(err.to_string().contains("\"postgres://x\""), "{err}");
+        let err = with(&[Change::SetHost(Host {
+            name: "h3".into(),
+            url: "mysql://u:hunter2@x".into(),
+            read_weight: 1,
+            write_weight: 1,
+        })])
+        .expect_err("no database");
+        assert!(err.to_string().contains("no database name"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_table_holds_leaves_of_one_class() {
+        // A TimelineShard leaf under the Replicating root of table 1.
+        let err = with(&[
+            shard("h1/l0", "TimelineShard"),
+            link("localhost/r0", "h1/l0"),
+        ])
+        .expect_err("two classes under table 1");
+        assert!(
+            matches!(&err, TopologyError::MixedClasses { table_id: 1, id: i, .. } if *i == id("h1/l0")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("table 1 would hold leaves of two classes")
+                && err.to_string().contains("h1/l0 a TimelineShard"),
+            "{err}"
+        );
+        // A forwarding straight to a leaf of the other class.
+        let err = with(&[shard("h1/l0", "TimelineShard"), forward(1, 7, "h1/l0")])
+            .expect_err("leaf root of another class");
+        assert!(matches!(err, TopologyError::MixedClasses { .. }), "{err}");
+        // Another table of the other class is fine, and so is a leaf nothing forwards to.
+        assert_eq!(
+            with(&[
+                shard("h1/l0", "TimelineShard"),
+                forward(3, 0, "h1/l0"),
+                shard("h2/l1", "TimelineShard"),
+            ]),
+            Ok(())
+        );
     }
 
     #[test]

@@ -224,6 +224,13 @@ pub async fn suite(ns: NameServer) {
     assert!(matches!(err, NameServerError::Invalid(_)), "{err}");
 
     // A second batch edits, replaces and removes rows; the version moves by one again.
+    refused(
+        &ns,
+        "a new url for a host holding shards, unforced",
+        &[host("db2", "mysql://tbird@db2:3306/tweets")],
+        |e| matches!(e, TopologyError::HostHoldsShards { name, .. } if name == "db2"),
+    )
+    .await;
     let batch2 = vec![
         // Finish the migration of range 1 of table 1: unwrap the new replica, drop the old.
         Change::RemoveLink {
@@ -246,7 +253,13 @@ pub async fn suite(ns: NameServer) {
             table_id: 1,
             base_id: 1 << 59,
         },
-        host("db2", "mysql://tbird@db2:3306/tweets"),
+        // db2 holds shards: giving it a new url says so (`add-host --force`).
+        Change::RepointHost(Host {
+            name: "db2".into(),
+            url: "mysql://tbird@db2:3306/tweets".into(),
+            read_weight: 1,
+            write_weight: 1,
+        }),
     ];
     assert_eq!(ns.apply(&batch2, &types()).await.expect("second batch"), 2);
     let want = expected(want, &batch2, 2);

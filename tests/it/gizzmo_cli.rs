@@ -528,7 +528,7 @@ async fn gizzmo_ping_checks_that_servers_route_the_same_version() {
     assert_eq!(out.matches(" ok").count(), 2, "{out}");
 
     add_hosts(&cluster).await;
-    let args = ["--json", "ping", a.as_str(), b.as_str()];
+    let args = ["--token", TOKEN, "--json", "ping", a.as_str(), b.as_str()];
     let output = gizzmo(&args).await;
     let stdout = text(&output.stdout);
     let err = failure(&args, output);

@@ -336,9 +336,11 @@ pub enum TopologyError {
     )]
     MixedClasses {
         table_id: i32,
-        first: ShardId,
+        // Boxed: every topology result carries this error type, so its largest variant sets
+        // their size.
+        first: Box<ShardId>,
         expected: String,
-        id: ShardId,
+        id: Box<ShardId>,
         class_name: String,
     },
     /// `SetHost` would move a host that holds shards to another url.

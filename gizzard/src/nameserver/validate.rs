@@ -206,9 +206,9 @@ fn check_table_classes(
                     Some((first, expected)) if expected != class_name.as_str() => {
                         return Err(TopologyError::MixedClasses {
                             table_id,
-                            first: first.clone(),
+                            first: Box::new(first.clone()),
                             expected: expected.to_owned(),
-                            id: id.clone(),
+                            id: Box::new(id.clone()),
                             class_name: class_name.clone(),
                         });
                     }
@@ -424,7 +424,7 @@ mod tests {
         ])
         .expect_err("two classes under table 1");
         assert!(
-            matches!(&err, TopologyError::MixedClasses { table_id: 1, id: i, .. } if *i == id("h1/l0")),
+            matches!(&err, TopologyError::MixedClasses { table_id: 1, id: i, .. } if **i == id("h1/l0")),
             "{err}"
         );
         assert!(

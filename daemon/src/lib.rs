@@ -6,9 +6,12 @@
 //! - [`metrics`]: the process-wide Prometheus recorder and a small HTTP server that answers
 //!   `GET /metrics` with its text and every other path with 404; [`metrics::Listen`], an
 //!   address or `off`.
+//! - [`process`]: the standard process metrics (CPU seconds, resident memory, open fds) each
+//!   scrape carries, read from `/proc/self`.
 //! - [`config`]: the rule every setting follows (a flag, an environment variable and a TOML
 //!   key of one name) and the checks that tests run against each binary's command line.
 
 pub mod config;
 pub mod logs;
 pub mod metrics;
+pub mod process;

@@ -8,7 +8,7 @@
 //! Every series should carry `# HELP`: each crate describes the metrics it emits
 //! (`describe_counter!` and friends) right after [`install`].
 
-use std::{convert::Infallible, net::SocketAddr, str::FromStr, time::Duration};
+use std::{convert::Infallible, io, net::SocketAddr, str::FromStr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -21,7 +21,10 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Deserializer};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::sync::CancellationToken;
 
 /// The path metrics are served at.
@@ -126,6 +129,53 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: Ca
     }
 }
 
+/// How long one [`request`] may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `method path` to `addr` as a plain HTTP/1.1 request and returns the status line and
+/// headers, and the body: the client side of this endpoint, for benchmarks and tests.
+pub async fn request(addr: &str, method: &str, path: &str) -> io::Result<(String, String)> {
+    let fetch = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{method} {addr}{path} timed out"),
+            )
+        })??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+/// Returns the text of `/metrics` at `addr`, failing unless it answers 200.
+pub async fn scrape_text(addr: &str) -> io::Result<String> {
+    let (head, body) = request(addr, "GET", PATH).await?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!(
+            "scrape of {addr} answered {head:?}"
+        )));
+    }
+    Ok(body)
+}
+
+/// Returns the value of the unlabelled series `name` in a scrape's text.
+pub fn value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Returns the answer to one request.
 fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: String| {
@@ -141,7 +191,9 @@ fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Fu
     }
     match *request.method() {
         Method::GET | Method::HEAD => {
-            let mut response = reply(StatusCode::OK, handle.render());
+            let mut text = handle.render();
+            crate::process::render(&mut text);
+            let mut response = reply(StatusCode::OK, text);
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -163,17 +215,13 @@ fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Fu
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use super::*;
 
     async fn ask(addr: SocketAddr, method: &str, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        response
+        let (head, _) = request(&addr.to_string(), method, path)
+            .await
+            .expect("request");
+        head
     }
 
     #[test]
@@ -200,9 +248,10 @@ mod tests {
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, handle, shutdown.clone()));
 
-        let ok = ask(addr, "GET", "/metrics").await;
-        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-        assert!(ok.contains("scrapes_total 2"), "{ok}");
+        let text = scrape_text(&addr.to_string()).await.expect("scrape");
+        assert_eq!(value(&text, "scrapes_total"), Some(2.0), "{text}");
+        let cpu = value(&text, "process_cpu_seconds_total");
+        assert!(cpu.is_some_and(|cpu| cpu >= 0.0), "{text}");
         for path in ["/", "/metrics/x", "/health", "/metricsx"] {
             let response = ask(addr, "GET", path).await;
             assert!(response.starts_with("HTTP/1.1 404"), "{path}: {response}");

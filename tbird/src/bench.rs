@@ -150,6 +150,8 @@ pub struct BenchSettings {
     pub connections: usize,
     /// Also run the workload straight on the shards of this nameserver.
     pub direct_nameserver_url: Option<String>,
+    /// The server's /metrics address, HOST:PORT, to read its CPU seconds from.
+    pub server_metrics: Option<String>,
     /// TLS files, by the rule of `edge::client`.
     pub tls: edge::client::ClientTls,
 }
@@ -198,9 +200,22 @@ pub struct TargetReport {
     pub name: &'static str,
     pub elapsed: Duration,
     pub ops: HashMap<Op, OpStats>,
+    /// CPU seconds this load generator spent in the measured runs.
+    pub bench_cpu_seconds: f64,
+    /// CPU seconds the server spent in the measured runs, when its /metrics was read.
+    pub server_cpu_seconds: Option<f64>,
 }
 
 impl TargetReport {
+    fn calls(&self) -> u64 {
+        self.ops.values().map(|stats| stats.calls).sum()
+    }
+
+    /// Returns CPU microseconds per call, over every operation of the mix.
+    fn cpu_us_per_call(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / self.calls().max(1) as f64
+    }
+
     fn ops_per_sec(&self, op: Op) -> f64 {
         self.ops
             .get(&op)
@@ -214,6 +229,8 @@ pub struct BenchReport {
     pub settings: BenchSettings,
     pub proxy: TargetReport,
     pub direct: Option<TargetReport>,
+    /// Why the server's CPU was not measured, when it was asked for and could not be.
+    pub server_cpu_error: Option<String>,
 }
 
 /// Where calls go.
@@ -249,6 +266,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<BenchReport> {
     let settings = Arc::new(settings);
     let mut proxy_report = empty_report("proxy");
     let mut direct_report = direct.as_ref().map(|_| empty_report("direct"));
+    let mut server_cpu_error = None;
     for round in 0..settings.rounds {
         // Alternate which goes first, so a slow spell on the machine hits both alike.
         let mut targets = vec![(&proxy, &mut proxy_report)];
@@ -260,7 +278,21 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<BenchReport> {
         }
         for (target, report) in targets {
             measure(target, &settings, &corpus, settings.warmup).await?;
+            let server = match (&**target, &settings.server_metrics) {
+                (Target::Proxy(_), Some(addr)) if server_cpu_error.is_none() => Some(addr),
+                _ => None,
+            };
+            let cpu_before = cpu_now(server).await;
             let (elapsed, ops) = measure(target, &settings, &corpus, settings.duration).await?;
+            let cpu_after = cpu_now(server).await;
+            report.bench_cpu_seconds += cpu_after.bench - cpu_before.bench;
+            match (cpu_before.server, cpu_after.server) {
+                (Ok(Some(before)), Ok(Some(after))) => {
+                    *report.server_cpu_seconds.get_or_insert(0.0) += after - before;
+                }
+                (Err(err), _) | (_, Err(err)) => server_cpu_error = Some(err),
+                _ => {}
+            }
             report.elapsed += elapsed;
             for (op, stats) in ops {
                 report
@@ -271,10 +303,15 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<BenchReport> {
             }
         }
     }
+    if server_cpu_error.is_some() {
+        // A figure from some runs only would read as the whole.
+        proxy_report.server_cpu_seconds = None;
+    }
     Ok(BenchReport {
         settings: Arc::unwrap_or_clone(settings),
         proxy: proxy_report,
         direct: direct_report,
+        server_cpu_error,
     })
 }
 
@@ -283,6 +320,33 @@ fn empty_report(name: &'static str) -> TargetReport {
         name,
         elapsed: Duration::ZERO,
         ops: HashMap::new(),
+        bench_cpu_seconds: 0.0,
+        server_cpu_seconds: None,
+    }
+}
+
+/// CPU seconds spent so far by this process and, when asked, by the server.
+struct CpuReading {
+    bench: f64,
+    server: Result<Option<f64>, String>,
+}
+
+async fn cpu_now(server_metrics: Option<&String>) -> CpuReading {
+    let server = match server_metrics {
+        None => Ok(None),
+        Some(addr) => daemon::metrics::scrape_text(addr)
+            .await
+            .map_err(|err| format!("read {addr}/metrics: {err}"))
+            .and_then(|text| {
+                daemon::metrics::value(&text, "process_cpu_seconds_total")
+                    .map(Some)
+                    .ok_or_else(|| format!("{addr}/metrics has no process_cpu_seconds_total"))
+            }),
+    };
+    CpuReading {
+        // Without /proc the figure is left at zero rather than failing the benchmark.
+        bench: daemon::process::cpu_seconds().unwrap_or(0.0),
+        server,
     }
 }
 
@@ -632,6 +696,7 @@ impl BenchReport {
             out.push_str(line.strip_prefix(' ').unwrap_or(&line).trim_end());
             out.push('\n');
         }
+        out.push_str(&self.cpu_lines());
         for target in std::iter::once(&self.proxy).chain(&self.direct) {
             for (op, stats) in &target.ops {
                 if let Some(err) = &stats.first_error {
@@ -642,6 +707,31 @@ impl BenchReport {
                     ));
                 }
             }
+        }
+        out
+    }
+
+    /// Returns where the CPU went, per call of the whole mix: in the server and in this load
+    /// generator, for each target.
+    fn cpu_lines(&self) -> String {
+        let mut out = String::from("cpu per call:");
+        for target in std::iter::once(&self.proxy).chain(&self.direct) {
+            out.push_str(&format!(" {}:", target.name));
+            if let Some(server) = target.server_cpu_seconds {
+                out.push_str(&format!(
+                    " server {:.1} µs,",
+                    target.cpu_us_per_call(server)
+                ));
+            }
+            out.push_str(&format!(
+                " tbird bench {:.1} µs;",
+                target.cpu_us_per_call(target.bench_cpu_seconds)
+            ));
+        }
+        out.pop();
+        out.push('\n');
+        if let Some(err) = &self.server_cpu_error {
+            out.push_str(&format!("server cpu not measured: {err}\n"));
         }
         out
     }
@@ -672,7 +762,12 @@ impl BenchReport {
                     (op.name().to_owned(), value)
                 })
                 .collect();
-            json!({ "elapsed_s": t.elapsed.as_secs_f64(), "ops": ops })
+            json!({
+                "elapsed_s": t.elapsed.as_secs_f64(),
+                "ops": ops,
+                "bench_cpu_us_per_call": t.cpu_us_per_call(t.bench_cpu_seconds),
+                "server_cpu_us_per_call": t.server_cpu_seconds.map(|s| t.cpu_us_per_call(s)),
+            })
         };
         let ratios: serde_json::Map<String, serde_json::Value> = s
             .mix

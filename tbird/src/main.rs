@@ -249,6 +249,10 @@ enum Command {
         /// The nameserver to read the shards' topology from, for `--baseline direct`.
         #[arg(long, env = "TBIRD_NAMESERVER_URL", hide_env_values = true)]
         nameserver_url: Option<String>,
+        /// The server's /metrics address, HOST:PORT, or `off`: its CPU seconds are read
+        /// before and after each run to print the server's CPU per call.
+        #[arg(long, env = "TBIRD_BENCH_SERVER_METRICS", default_value = "127.0.0.1:9990")]
+        server_metrics: Listen,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -667,6 +671,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             connections,
             baseline,
             nameserver_url,
+            server_metrics,
             json,
             tls,
         } => {
@@ -683,6 +688,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 page,
                 connections,
                 direct_nameserver_url: baseline.and(nameserver_url),
+                server_metrics: server_metrics.0.map(|addr| addr.to_string()),
                 tls: tls.files(),
             };
             let report = bench::run(settings).await?;

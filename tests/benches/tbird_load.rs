@@ -27,8 +27,10 @@ async fn main() {
         return;
     }
     // Production-sized buffer pool and redo log (see BENCH_FLAGS), as on the shard hosts.
-    let stack = TbirdStack::start_with(2, SHARDS, false, BENCH_FLAGS).await;
+    // With metrics, so each run prints the server's CPU per call.
+    let stack = TbirdStack::start_with(2, SHARDS, true, BENCH_FLAGS).await;
     let (tweets, nameserver) = (&stack.tweets_addr, &stack.nameserver_url);
+    let metrics = stack.metrics_addr.as_deref().expect("metrics are served");
 
     let (duration, rounds, concurrency) = (
         env_or("DURATION", "10s"),
@@ -58,6 +60,7 @@ async fn main() {
         let status = Command::new(&tbird)
             .args(["bench", "--addr", tweets, "--baseline", "direct"])
             .args(["--nameserver-url", nameserver])
+            .args(["--server-metrics", metrics])
             .args(["--concurrency", &concurrency, "--duration", &duration])
             .args(["--rounds", &rounds])
             .args(&workload)

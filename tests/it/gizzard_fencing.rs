@@ -137,7 +137,7 @@ async fn a_server_cut_off_from_the_nameserver_loses_no_acknowledged_post_across_
         "the cut-off server refused writes once its lease lapsed: {:?}",
         &ledger.failures[..ledger.failures.len().min(3)]
     );
-    cluster_drain(&p1).await;
+    tests::cluster::drain(&p1.proxy.queue, Duration::from_secs(60)).await;
     let lost = missing(&p1.tweets, &ledger.acked).await;
     assert!(lost.is_empty(), "acknowledged posts lost: {lost:?}");
     let off_timeline = missing_from_timelines(&p1.tweets, &ledger).await;
@@ -152,10 +152,6 @@ async fn a_server_cut_off_from_the_nameserver_loses_no_acknowledged_post_across_
         ledger.acked.len(),
         ledger.failures.len()
     );
-}
-
-async fn cluster_drain(server: &TweetServer) {
-    tests::cluster::drain(&server.proxy.queue, Duration::from_secs(60)).await;
 }
 
 /// The nameserver's MariaDB stops answering for 10 s (SIGSTOP). Reads go on; writes are

@@ -26,6 +26,9 @@ use tonic::transport::Channel;
 
 type Client = proto::tbird::v1::tweets_client::TweetsClient<Channel>;
 
+/// How long the retry queue may take to empty.
+const LIMIT: Duration = Duration::from_secs(60);
+
 /// A tweet service on a proxy over two MariaDB replicas (`h0`, `h1`), with the nameserver and
 /// job queue on a third server.
 struct Stack {
@@ -85,11 +88,6 @@ impl Stack {
         out
     }
 
-    /// Waits until the job queue is empty, or panics after a minute.
-    async fn drain(&self) {
-        tests::cluster::drain(&self.proxy.queue, Duration::from_secs(60)).await;
-    }
-
     /// Asserts that both replicas hold the same rows, `tweets` tweets in all, every one live.
     async fn assert_replicas_hold(&self, tweets: &[proto::tbird::v1::Tweet]) {
         let (h0, h1) = (self.rows_on("h0").await, self.rows_on("h1").await);
@@ -131,7 +129,7 @@ async fn concurrent_posts_land_on_both_replicas_and_read_back() {
     let posted = stack.post_concurrently(300).await;
     // Nothing failed on a healthy cluster, but a busy machine may push a write past the leaf
     // deadline into the queue: let it drain before comparing replicas.
-    stack.drain().await;
+    tests::cluster::drain(&stack.proxy.queue, LIMIT).await;
     stack.assert_replicas_hold(&posted).await;
 
     let ids: Vec<u64> = posted.iter().map(|t| t.id).collect();
@@ -267,7 +265,7 @@ async fn concurrent_puts_and_deletes_of_the_same_tweets_end_deleted_on_both_repl
     for result in results {
         result.expect("write acknowledged");
     }
-    stack.drain().await;
+    tests::cluster::drain(&stack.proxy.queue, LIMIT).await;
     let (h0, h1) = (stack.rows_on("h0").await, stack.rows_on("h1").await);
     assert_eq!(h0, h1, "the replicas differ");
     let rows: Vec<&Row> = h0.values().flatten().collect();
@@ -290,7 +288,7 @@ async fn concurrent_puts_and_deletes_of_the_same_tweets_end_deleted_on_both_repl
 async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
     let mut stack = Stack::start().await;
     let before = stack.post_concurrently(20).await;
-    stack.drain().await;
+    tests::cluster::drain(&stack.proxy.queue, LIMIT).await;
 
     // Frozen, the replica accepts connections and answers nothing: every write to it waits
     // out the leaf deadline (alone or batched) and is queued.
@@ -310,7 +308,7 @@ async fn a_frozen_replica_gets_a_retry_per_write_and_catches_up() {
     assert_eq!(on_h1, 2 * during.len(), "one retry job per write to h1");
 
     stack.cluster.hosts[1].resume();
-    stack.drain().await;
+    tests::cluster::drain(&stack.proxy.queue, LIMIT).await;
     let all: Vec<_> = before.into_iter().chain(during).collect();
     stack.assert_replicas_hold(&all).await;
 }

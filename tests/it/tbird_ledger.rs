@@ -185,7 +185,8 @@ async fn tbird_ledger_survives_a_replica_killed_mid_load() {
     let n = ledger.wait_for(0, PER_PHASE, "before the fault").await;
     stack.hosts[1].kill();
     let n = ledger.wait_for(n, PER_PHASE, "with replica b down").await;
-    let (waiting, _) = stack.queue_depth().await;
+    let depth = stack.queue().await.depth().await.expect("count jobs");
+    let waiting: u64 = depth.values().sum();
     assert!(waiting > 0, "writes b missed wait in the retry queue");
     stack.hosts[1].restart().await.expect("restart replica b");
     ledger
@@ -317,10 +318,10 @@ async fn tbird_ledger_heals_by_itself_after_four_faults() {
         .wait_for(n, PER_PHASE, "after tbird serve restarted")
         .await;
 
-    stack.nameserver_db.kill();
+    stack.nameserver.kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
     stack
-        .nameserver_db
+        .nameserver
         .restart()
         .await
         .expect("restart the nameserver");

@@ -1,28 +1,43 @@
 //! Locates a workspace binary for a test, building it first so a test never runs a stale one.
 
 use std::{
-    collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, PoisonError},
+    sync::OnceLock,
 };
 
-static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+/// The build's outcome: `Err` holds cargo's output, so every test asking after it says why.
+static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Returns the path of binary `name` of package `package`, built with the test's profile.
 /// Panics with cargo's output when the build fails: the test cannot run without it.
+///
+/// Binaries are built for the whole workspace, as `scripts/test.sh` builds them before the
+/// tests run, so the build here is a no-op there. Built alone (`-p tbird --bin tbird`), a
+/// package resolves its dependencies' features differently and cargo compiles every
+/// dependency a second time: minutes per binary in CI. A test run (the dev profile) builds
+/// every target as `cargo test --workspace` does; a benchmark builds only the binaries.
 pub fn path(package: &str, name: &str) -> PathBuf {
-    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-    let built = built.get_or_insert_with(HashMap::new);
-    if let Some(path) = built.get(name) {
-        return path.clone();
-    }
     // The test runs from target/<profile>/deps/; the binary lands in target/<profile>/.
     let exe = std::env::current_exe().expect("locate the test executable");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
+    if let Err(output) = BUILT.get_or_init(|| build(profile_dir)) {
+        panic!("cargo build of the workspace's binaries failed:\n{output}");
+    }
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "package {package} built no binary {name} at {}",
+        path.display()
+    );
+    path
+}
+
+/// Builds the workspace's binaries into `profile_dir`'s target directory.
+fn build(profile_dir: &Path) -> Result<(), String> {
     let target_dir = profile_dir.parent().expect("target dir");
     let profile = profile_dir
         .file_name()
@@ -30,33 +45,17 @@ pub fn path(package: &str, name: &str) -> PathBuf {
         .unwrap_or("debug");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        package,
-        "--bin",
-        name,
-        "--target-dir",
-    ]);
+    build.args(["build", "--quiet", "--workspace", "--target-dir"]);
     build.arg(target_dir);
-    if profile != "debug" {
-        build.args([
-            "--profile",
-            if profile == "release" {
-                "release"
-            } else {
-                profile
-            },
-        ]);
+    if profile == "debug" {
+        build.arg("--all-targets");
+    } else {
+        build.args(["--bins", "--profile", profile]);
     }
-    let output = build.output().expect("run cargo build");
-    assert!(
-        output.status.success(),
-        "cargo build -p {package} --bin {name} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let path = profile_dir.join(name);
-    built.insert(name.to_owned(), path.clone());
-    path
+    let output = build.output().map_err(|err| format!("run cargo: {err}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }

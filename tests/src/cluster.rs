@@ -1,12 +1,14 @@
-//! A Gizzard cluster for tests: a nameserver on its own MariaDB server (so killing a shard
-//! host never takes the job queue with it), shard hosts on others, and a proxy running the
-//! key-value application in this process.
+//! What every test cluster stands on ([`Databases`]: a nameserver on its own MariaDB server,
+//! so killing a shard host never takes the job queue with it, and shard hosts on others; one
+//! [`drain`] of the job queue), and the Gizzard cluster that runs the key-value application in
+//! this process ([`KvCluster`]). T-Bird's clusters build on the same: in-process servers in
+//! [`crate::tweets`], production processes in [`crate::stack`].
 
 use std::{collections::HashMap, time::Duration};
 
 use gizzard::{
     nameserver::{Change, Host, ShardId, replicated_table},
-    scheduler::WorkerSettings,
+    scheduler::{JobQueue, JobState, WorkerSettings},
     server::{Proxy, ProxySettings},
     shards::ShardError,
 };
@@ -17,9 +19,43 @@ use crate::{
     kv::{self, KV_SHARD, KvRow, KvShard, KvWrite},
 };
 
+/// The MariaDB servers of a test cluster: the nameserver's, which also holds the job queue,
+/// and the shard hosts', each with an empty database for the shards' tables.
+pub struct Databases {
+    pub nameserver: MariaDb,
+    pub nameserver_url: String,
+    pub hosts: Vec<MariaDb>,
+}
+
+impl Databases {
+    /// Starts the nameserver's server (database `gizzard`) and `hosts` shard servers (database
+    /// `shard_db`), every one with `flags` (see [`crate::mariadb::BENCH_FLAGS`]).
+    pub async fn start(hosts: usize, shard_db: &str, flags: &'static [&'static str]) -> Self {
+        let mut servers = MariaDb::start_many_with(hosts + 1, flags)
+            .await
+            .expect("start mariadb servers");
+        let nameserver = servers.remove(0);
+        let nameserver_url = nameserver
+            .create_database("gizzard")
+            .await
+            .expect("create the nameserver database");
+        for server in &servers {
+            server
+                .create_database(shard_db)
+                .await
+                .expect("create a shard database");
+        }
+        Self {
+            nameserver,
+            nameserver_url,
+            hosts: servers,
+        }
+    }
+}
+
 /// A running cluster; dropping it stops the proxy and every server.
 pub struct KvCluster {
-    pub nameserver_db: MariaDb,
+    pub nameserver: MariaDb,
     pub hosts: Vec<MariaDb>,
     pub proxy: Proxy<KvShard, KvWrite>,
     pub nameserver_url: String,
@@ -56,20 +92,11 @@ pub fn test_settings(nameserver_url: &str) -> ProxySettings {
 impl KvCluster {
     /// Starts a nameserver server and `hosts` shard servers (named `h0`, `h1`, ...) and a proxy.
     pub async fn start(hosts: usize) -> Self {
-        let mut servers = MariaDb::start_many(hosts + 1)
-            .await
-            .expect("start mariadb servers");
-        let nameserver_db = servers.remove(0);
-        let nameserver_url = nameserver_db
-            .create_database("gizzard")
-            .await
-            .expect("create nameserver db");
-        for server in &servers {
-            server
-                .create_database("shards")
-                .await
-                .expect("create shard db");
-        }
+        let Databases {
+            nameserver,
+            nameserver_url,
+            hosts,
+        } = Databases::start(hosts, "shards", &[]).await;
         let shutdown = CancellationToken::new();
         let proxy = Proxy::start(
             test_settings(&nameserver_url),
@@ -80,8 +107,8 @@ impl KvCluster {
         .await
         .expect("start proxy");
         Self {
-            nameserver_db,
-            hosts: servers,
+            nameserver,
+            hosts,
             proxy,
             nameserver_url,
             shutdown,
@@ -201,11 +228,17 @@ impl Drop for KvCluster {
     }
 }
 
-/// Waits until `queue` holds no job, or panics after `limit`.
-pub async fn drain(queue: &gizzard::scheduler::JobQueue, limit: Duration) {
+/// Waits until `queue` holds no job at all; panics after `limit`, or at once when a job was
+/// parked as bad (nothing would ever run it).
+pub async fn drain(queue: &JobQueue, limit: Duration) {
     let started = std::time::Instant::now();
     loop {
         let depth = queue.depth().await.expect("queue depth");
+        let bad: Vec<_> = depth
+            .iter()
+            .filter(|&((_, state), &n)| *state == JobState::Bad && n > 0)
+            .collect();
+        assert!(bad.is_empty(), "jobs parked as bad: {bad:?}");
         if depth.values().all(|&n| n == 0) {
             return;
         }

@@ -8,13 +8,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use mysql_async::prelude::Queryable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{MariaDb, binary, wait_until};
+use crate::{MariaDb, binary, cluster::Databases, wait_until};
 
 /// Returns a loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -103,7 +102,7 @@ impl Drop for Daemon {
 /// A running stack; dropping it kills every process.
 #[derive(Debug)]
 pub struct TbirdStack {
-    pub nameserver_db: MariaDb,
+    pub nameserver: MariaDb,
     /// The shard hosts, named `a`, `b`, ... in the topology.
     pub hosts: Vec<MariaDb>,
     pub snowflake: Daemon,
@@ -156,20 +155,11 @@ impl TbirdStack {
         extra_flags: &'static [&'static str],
         serve_args: &[&str],
     ) -> Self {
-        let mut servers = MariaDb::start_many_with(hosts + 1, extra_flags)
-            .await
-            .expect("start mariadb servers");
-        let nameserver_db = servers.remove(0);
-        let nameserver_url = nameserver_db
-            .create_database("gizzard")
-            .await
-            .expect("create nameserver db");
-        for server in &servers {
-            server
-                .create_database(SHARD_DB)
-                .await
-                .expect("create shard db");
-        }
+        let Databases {
+            nameserver,
+            nameserver_url,
+            hosts: servers,
+        } = Databases::start(hosts, SHARD_DB, extra_flags).await;
 
         let snowflake_addr = format!("127.0.0.1:{}", free_port());
         let snowflake = Daemon::spawn(
@@ -224,7 +214,7 @@ impl TbirdStack {
             ),
         );
         let stack = Self {
-            nameserver_db,
+            nameserver,
             hosts: servers,
             snowflake,
             tbird,
@@ -270,44 +260,19 @@ impl TbirdStack {
         .await;
     }
 
-    /// Returns the job queue's depth, summed over priorities, as (ready, bad).
-    pub async fn queue_depth(&self) -> (u64, u64) {
+    /// Opens the job queue in the nameserver's database, as the server does.
+    pub async fn queue(&self) -> gizzard::scheduler::JobQueue {
         let db = gizzard::db::Database::open(&self.nameserver_url, Duration::from_secs(10))
             .await
             .expect("open nameserver db");
-        let queue = gizzard::scheduler::JobQueue::open(db)
+        gizzard::scheduler::JobQueue::open(db)
             .await
-            .expect("open job queue");
-        let depth = queue.depth().await.expect("count jobs");
-        let sum = |state| {
-            depth
-                .iter()
-                .filter(|((_, s), _)| *s == state)
-                .map(|(_, n)| n)
-                .sum()
-        };
-        (
-            sum(gizzard::scheduler::JobState::Ready),
-            sum(gizzard::scheduler::JobState::Bad),
-        )
+            .expect("open job queue")
     }
 
-    /// Waits until the job queue holds no job at all; panics after `limit`, or at once when a
-    /// job was parked as bad (nothing would ever run it).
+    /// Waits until the job queue holds no job at all, as [`crate::cluster::drain`] does.
     pub async fn drain(&self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let (ready, bad) = self.queue_depth().await;
-            assert_eq!(bad, 0, "jobs parked as bad");
-            if ready == 0 {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "queue did not drain within {limit:?}: {ready} ready"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::cluster::drain(&self.queue().await, limit).await;
     }
 
     /// Returns the metrics the server serves now.
@@ -431,31 +396,11 @@ pub async fn scrape(addr: &str) -> io::Result<Metrics> {
 }
 
 /// Returns the text of `/metrics` at `addr`, failing unless it answers 200.
-pub async fn scrape_text(addr: &str) -> io::Result<String> {
-    let (head, body) = http_get(addr, "/metrics").await?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("scrape answered {head:?}")));
-    }
-    Ok(body)
-}
+pub use daemon::metrics::scrape_text;
 
 /// Sends `GET path` to `addr` and returns the status line and headers, and the body.
 pub async fn http_get(addr: &str, path: &str) -> io::Result<(String, String)> {
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "GET timed out"))??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    Ok((head.to_owned(), body.to_owned()))
+    daemon::metrics::request(addr, "GET", path).await
 }
 
 #[cfg(test)]

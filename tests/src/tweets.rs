@@ -34,7 +34,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::{MariaDb, cluster::test_settings};
+use crate::{
+    MariaDb,
+    cluster::{Databases, test_settings},
+};
 
 /// One in-process tbird server: the tweet service and the ShardManager on loopback ports.
 pub struct TweetServer {
@@ -101,17 +104,11 @@ impl TweetCluster {
         flags: &'static [&'static str],
         settings: fn(&str) -> ProxySettings,
     ) -> (Self, TweetServer) {
-        let mut servers = MariaDb::start_many_with(hosts + 1, flags)
-            .await
-            .expect("start mariadb");
-        let nameserver = servers.remove(0);
-        let nameserver_url = nameserver
-            .create_database("gizzard")
-            .await
-            .expect("nameserver db");
-        for server in &servers {
-            server.create_database("tbird").await.expect("shard db");
-        }
+        let Databases {
+            nameserver,
+            nameserver_url,
+            hosts: servers,
+        } = Databases::start(hosts, "tbird", flags).await;
         let cluster = Self {
             nameserver,
             hosts: servers,

@@ -411,6 +411,29 @@ impl Database {
         }
     }
 
+    /// Runs a query with `?` placeholders and returns its rows as tuples, one element a column.
+    pub async fn query<T>(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<T>, DbError>
+    where
+        T: mysql_async::prelude::FromRow + SqliteRow + Send + 'static,
+    {
+        match self {
+            Self::Mysql { .. } => {
+                let params: Vec<mysql_async::Value> =
+                    params.into_iter().map(Param::into_mysql).collect();
+                self.mysql(|mut conn| async move { conn.exec(sql, params).await })
+                    .await
+            }
+            Self::Sqlite { .. } => {
+                self.sqlite(move |conn| {
+                    conn.prepare_cached(sql)?
+                        .query_map(rusqlite::params_from_iter(params), T::from_sqlite)?
+                        .collect()
+                })
+                .await
+            }
+        }
+    }
+
     /// Runs a query whose columns are all integers (or NULL) and returns its rows.
     pub async fn query_ints(
         &self,
@@ -452,6 +475,32 @@ impl Database {
         }
     }
 }
+
+/// A row [`Database::query`] can return from SQLite; mysql_async's `FromRow` is the MySQL side.
+pub trait SqliteRow: Sized {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+macro_rules! sqlite_row_tuple {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: rusqlite::types::FromSql),+> SqliteRow for ($($t,)+) {
+            fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(($(row.get($i)?,)+))
+            }
+        }
+    };
+}
+
+sqlite_row_tuple!(A 0);
+sqlite_row_tuple!(A 0, B 1);
+sqlite_row_tuple!(A 0, B 1, C 2);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+sqlite_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
 
 /// How a bulk load ([`Database::load_data`]) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

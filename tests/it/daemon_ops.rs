@@ -3,43 +3,14 @@
 //! reported by name, and `/metrics` carries `# HELP` for every series (parsed with a
 //! Prometheus text parser) and answers no other path.
 
-use std::{
-    fs::File,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use tests::{
-    stack::{free_port, http_get, scrape_text},
+    stack::{Daemon, free_port, http_get, scrape_text},
     wait_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(40);
-
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `package`'s binary `name` with `args`, its stderr written to `log`.
-fn spawn(package: &str, name: &str, args: &[&str], rust_log: &str, log: &Path) -> Running {
-    let stderr = File::create(log).expect("create the log file");
-    Running(
-        Command::new(tests::binary::path(package, name))
-            .args(args)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the daemon"),
-    )
-}
 
 async fn log_holds(log: &Path, text: &str) {
     wait_until(&format!("the log holds {text:?}"), LIMIT, || async {
@@ -91,12 +62,12 @@ async fn snowflake_logs_plain_text_or_json_and_describes_its_metrics() {
     );
     let text_log = dir.path().join("text.log");
     let args = ["serve", "--worker-id", "3", "--listen", &grpc];
-    let daemon = spawn(
+    let daemon = Daemon::spawn_logged(
         "snowflake",
         "snowflake",
         &[&args[..], &["--metrics-listen", &metrics]].concat(),
         "info,snowflake=loud",
-        &text_log,
+        Some(&text_log),
     );
     log_holds(&text_log, "snowflake serving").await;
     let ids = Command::new(tests::binary::path("snowflake", "snowflake"))
@@ -124,12 +95,12 @@ async fn snowflake_logs_plain_text_or_json_and_describes_its_metrics() {
 
     // The same daemon in JSON: every line is an object with a level and a message.
     let json_log = dir.path().join("json.log");
-    let _daemon = spawn(
+    let _daemon = Daemon::spawn_logged(
         "snowflake",
         "snowflake",
         &[&args[..], &["--no-metrics", "--log-format", "json"]].concat(),
         "info",
-        &json_log,
+        Some(&json_log),
     );
     log_holds(&json_log, "snowflake serving").await;
     let log = std::fs::read_to_string(&json_log).expect("read the log");
@@ -151,7 +122,7 @@ async fn tbird_dev_logs_plain_text_and_describes_its_metrics() {
     let log = dir.path().join("dev.log");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8 path");
-    let _dev = spawn(
+    let _dev = Daemon::spawn_logged(
         "tbird",
         "tbird",
         &[
@@ -166,7 +137,7 @@ async fn tbird_dev_logs_plain_text_and_describes_its_metrics() {
             data,
         ],
         "info",
-        &log,
+        Some(&log),
     );
     log_holds(&log, "created the default topology").await;
     let posted = Command::new(tests::binary::path("tbird", "tbird"))

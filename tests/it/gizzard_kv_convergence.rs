@@ -4,11 +4,7 @@
 //! greater `(version, deleted, value bytes)` of each key; and repair after a difference
 //! leaves a clean diff. On SQLite always, and on MariaDB through the harness.
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use gizzard::{
     db::Database,
@@ -16,11 +12,11 @@ use gizzard::{
     nameserver::ShardInfo,
     shards::{PhysicalShard, WriteOp},
 };
-use proptest::{
-    prelude::*,
-    test_runner::{Config, TestCaseError, TestRunner},
+use proptest::{prelude::*, test_runner::TestCaseError};
+use tests::{
+    kv::{KvRow, KvShard, KvWrite},
+    property,
 };
-use tests::kv::{KvRow, KvShard, KvWrite};
 
 const VALUES: [&str; 6] = ["a", "a ", "A", "é", "e\u{301}", "b"];
 
@@ -136,65 +132,21 @@ async fn converge(case: &Case, dbs: &[Database; 2], n: usize) -> Result<(), Test
     Ok(())
 }
 
-fn run_cases(dbs: [Database; 2], cases: u32, runtime: &tokio::runtime::Runtime) {
-    let n = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&case(), |case| {
-        runtime.block_on(converge(&case, &dbs, n.fetch_add(1, Ordering::Relaxed)))
-    });
-    if let Err(err) = result {
-        panic!("{err}");
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn kv_replicas_converge_on_sqlite() {
-    let runtime = runtime();
+    let runtime = property::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let dbs = runtime.block_on(async {
-        let mut dbs = Vec::new();
-        for name in ["a.db", "b.db"] {
-            let url = format!("sqlite://{}", dir.path().join(name).display());
-            dbs.push(
-                Database::open(&url, Duration::from_secs(5))
-                    .await
-                    .expect("open sqlite"),
-            );
-        }
-        <[Database; 2]>::try_from(dbs).expect("two databases")
+    let dbs = runtime.block_on(property::sqlite_databases::<2>(dir.path()));
+    property::run_cases(case(), 96, &runtime, async |case, n| {
+        converge(case, &dbs, n).await
     });
-    run_cases(dbs, 96, &runtime);
 }
 
 #[test]
 fn kv_replicas_converge_on_mariadb() {
-    let runtime = runtime();
-    let (_server, dbs) = runtime.block_on(async {
-        let server = tests::MariaDb::start().await.expect("mariadb");
-        let mut dbs = Vec::new();
-        for name in ["a", "b"] {
-            let url = server.create_database(name).await.expect("database");
-            dbs.push(
-                Database::open(&url, Duration::from_secs(5))
-                    .await
-                    .expect("open mariadb"),
-            );
-        }
-        let dbs = <[Database; 2]>::try_from(dbs).expect("two databases");
-        (server, dbs)
+    let runtime = property::runtime();
+    let (_server, dbs) = runtime.block_on(property::mariadb_databases::<2>());
+    property::run_cases(case(), 32, &runtime, async |case, n| {
+        converge(case, &dbs, n).await
     });
-    run_cases(dbs, 32, &runtime);
 }

@@ -3,23 +3,15 @@
 //! the README's JSON, answers printed as JSON. A README example that no longer works fails
 //! here.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
+use std::time::Duration;
+
+use tests::{
+    grpcurl,
+    stack::{Daemon, free_port},
+    wait_until,
 };
 
-use tests::{grpcurl, stack::free_port, wait_until};
-
 const LIMIT: Duration = Duration::from_secs(40);
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One `grpcurl -plaintext [-d JSON] ADDR SERVICE/METHOD` line of the README.
 #[derive(Debug)]
@@ -79,17 +71,7 @@ async fn the_readme_grpcurl_examples_work_by_reflection() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let spawn = |package: &str, name: &str, args: &[&str]| {
-        Running(
-            Command::new(tests::binary::path(package, name))
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn"),
-        )
-    };
-    let _snowflake = spawn(
+    let _snowflake = Daemon::spawn(
         "snowflake",
         "snowflake",
         &[
@@ -102,7 +84,7 @@ async fn the_readme_grpcurl_examples_work_by_reflection() {
         ],
     );
     let data = dir.path().to_str().expect("utf-8 path");
-    let _dev = spawn(
+    let _dev = Daemon::spawn(
         "tbird",
         "tbird",
         &[

@@ -8,10 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -21,14 +18,12 @@ use gizzard::{
     nameserver::ShardInfo,
     shards::{PhysicalShard, WriteOp},
 };
-use proptest::{
-    prelude::*,
-    test_runner::{Config, TestCaseError, TestRunner},
-};
+use proptest::{prelude::*, test_runner::TestCaseError};
 use tbird::{
     store::{Kind, Merges, Row, TbirdShard, TbirdWrite},
     tweet::Tweet,
 };
+use tests::property;
 
 /// Texts that collide under loose comparisons: trailing space (PAD SPACE collations), case
 /// (`_ci` collations), a precomposed and a combining accent (Unicode collations), a NUL.
@@ -331,69 +326,23 @@ async fn converge(case: &Case, dbs: &[Database; 3], n: usize) -> Result<(), Test
     Ok(())
 }
 
-/// Runs `cases` random cases against `dbs`, on a runtime of its own (proptest calls back
-/// synchronously).
-fn run_cases(dbs: [Database; 3], cases: u32, runtime: &tokio::runtime::Runtime) {
-    let n = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        // Every shrink step costs a few round trips to the databases.
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&case(), |case| {
-        runtime.block_on(converge(&case, &dbs, n.fetch_add(1, Ordering::Relaxed)))
-    });
-    if let Err(err) = result {
-        panic!("{err}");
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn tweet_replicas_converge_on_sqlite() {
-    let runtime = runtime();
+    let runtime = property::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let dbs = runtime.block_on(async {
-        let open = |name: &str| {
-            let url = format!("sqlite://{}", dir.path().join(name).display());
-            async move {
-                Database::open(&url, Duration::from_secs(5))
-                    .await
-                    .expect("open sqlite")
-            }
-        };
-        [open("a.db").await, open("b.db").await, open("c.db").await]
+    let dbs = runtime.block_on(property::sqlite_databases::<3>(dir.path()));
+    property::run_cases(case(), 96, &runtime, async |case, n| {
+        converge(case, &dbs, n).await
     });
-    run_cases(dbs, 96, &runtime);
 }
 
 #[test]
 fn tweet_replicas_converge_on_mariadb() {
-    let runtime = runtime();
-    let (_server, dbs) = runtime.block_on(async {
-        let server = tests::MariaDb::start().await.expect("mariadb");
-        let mut dbs = Vec::new();
-        for name in ["a", "b", "c"] {
-            let url = server.create_database(name).await.expect("database");
-            dbs.push(
-                Database::open(&url, Duration::from_secs(5))
-                    .await
-                    .expect("open mariadb"),
-            );
-        }
-        let dbs: [Database; 3] = dbs.try_into().expect("three databases");
-        (server, dbs)
+    let runtime = property::runtime();
+    let (_server, dbs) = runtime.block_on(property::mariadb_databases::<3>());
+    property::run_cases(case(), 32, &runtime, async |case, n| {
+        converge(case, &dbs, n).await
     });
-    run_cases(dbs, 32, &runtime);
 }
 
 /// The case the issue measured: two racing puts of one id with different users and texts

@@ -18,6 +18,7 @@
 //!   `/metrics`).
 //! - [`grpcurl`]: what grpcurl does (descriptors by reflection, requests and answers in JSON),
 //!   to run the README's examples against running servers.
+//! - [`property`]: random cases (proptest) run against real databases, on SQLite and MariaDB.
 //! - [`wait`]: waiting for a condition, never for a fixed time ([`wait_until`]).
 
 pub mod backend;
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod grpcurl;
 pub mod kv;
 pub mod mariadb;
+pub mod property;
 pub mod relay;
 pub mod stack;
 pub mod tweets;

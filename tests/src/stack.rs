@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
@@ -47,16 +48,33 @@ pub struct Daemon {
     package: String,
     name: String,
     args: Vec<String>,
+    rust_log: String,
+    /// Where stderr goes (appended to); inherited when `None`.
+    log: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Daemon {
     /// Starts binary `name` of `package` with `args` (logging warnings only).
-    pub fn spawn(package: &str, name: &str, args: &[String]) -> Self {
+    pub fn spawn(package: &str, name: &str, args: &[impl AsRef<str>]) -> Self {
+        Self::spawn_logged(package, name, args, "warn", None)
+    }
+
+    /// Starts binary `name` of `package` with `args`, `RUST_LOG` set to `rust_log` and stderr
+    /// written to `log` when given.
+    pub fn spawn_logged(
+        package: &str,
+        name: &str,
+        args: &[impl AsRef<str>],
+        rust_log: &str,
+        log: Option<&Path>,
+    ) -> Self {
         let mut daemon = Self {
             package: package.to_owned(),
             name: name.to_owned(),
-            args: args.to_vec(),
+            args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
+            rust_log: rust_log.to_owned(),
+            log: log.map(Path::to_path_buf),
             child: None,
         };
         daemon.start();
@@ -64,13 +82,20 @@ impl Daemon {
     }
 
     fn start(&mut self) {
-        let child = Command::new(binary::path(&self.package, &self.name))
+        let mut command = Command::new(binary::path(&self.package, &self.name));
+        command
             .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn daemon");
-        self.child = Some(child);
+            .env("RUST_LOG", &self.rust_log)
+            .stdout(Stdio::null());
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("open the daemon's log file");
+            command.stderr(file);
+        }
+        self.child = Some(command.spawn().expect("spawn daemon"));
     }
 
     /// Kills the process with SIGKILL, as a crash would, and reaps it.
@@ -165,14 +190,14 @@ impl TbirdStack {
         let snowflake = Daemon::spawn(
             "snowflake",
             "snowflake",
-            &strings(&[
+            &[
                 "serve",
                 "--worker-id",
                 "3",
                 "--no-metrics",
                 "--listen",
                 &snowflake_addr,
-            ]),
+            ],
         );
         wait_until("snowflake answers", Duration::from_secs(30), || async {
             run(
@@ -191,27 +216,25 @@ impl TbirdStack {
         let tbird = Daemon::spawn(
             "tbird",
             "tbird",
-            &strings(
+            &[
                 &[
-                    &[
-                        "serve",
-                        "--nameserver-url",
-                        &nameserver_url,
-                        "--snowflake-addr",
-                        &snowflake_addr,
-                        "--listen",
-                        &tweets_addr,
-                        "--admin-listen",
-                        &admin_addr,
-                        "--admin-token",
-                        ADMIN_TOKEN,
-                        "--metrics-listen",
-                        metrics_addr.as_deref().unwrap_or("off"),
-                    ],
-                    serve_args,
-                ]
-                .concat(),
-            ),
+                    "serve",
+                    "--nameserver-url",
+                    &nameserver_url,
+                    "--snowflake-addr",
+                    &snowflake_addr,
+                    "--listen",
+                    &tweets_addr,
+                    "--admin-listen",
+                    &admin_addr,
+                    "--admin-token",
+                    ADMIN_TOKEN,
+                    "--metrics-listen",
+                    metrics_addr.as_deref().unwrap_or("off"),
+                ],
+                serve_args,
+            ]
+            .concat(),
         );
         let stack = Self {
             nameserver,
@@ -288,10 +311,6 @@ impl Drop for TbirdStack {
         self.tbird.kill();
         self.snowflake.kill();
     }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// Every row of every table in database `db` of `server`, by table, each row as SQL literals

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -169,34 +168,7 @@ impl SweepStore {
             i64,
         );
         let now_ms = self.db.now_ms().await?;
-        let rows: Vec<Row> = match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(|mut conn| async move { conn.query(SELECT_SWEEPS).await })
-                    .await?
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(|conn| {
-                        conn.prepare_cached(SELECT_SWEEPS)?
-                            .query_map([], |r| {
-                                Ok((
-                                    r.get(0)?,
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                    r.get(6)?,
-                                    r.get(7)?,
-                                    r.get(8)?,
-                                ))
-                            })?
-                            .collect()
-                    })
-                    .await?
-            }
-        };
+        let rows: Vec<Row> = self.db.query(SELECT_SWEEPS, Vec::new()).await?;
         let id = |s: String| {
             s.parse::<ShardId>()
                 .map_err(|e| SweepError::Corrupt(e.to_string()))

@@ -17,7 +17,7 @@ use super::{
     model::{ShardId, TopologyError},
     store::{NameServer, NameServerError},
 };
-use crate::db::{Database, Param};
+use crate::db::Param;
 
 pub(super) const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_retired (
     hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -99,32 +99,7 @@ impl NameServer {
         type Row = (String, String, i64, String, Option<String>, Option<i64>);
         let db = self.database();
         let now_ms = db.now_ms().await?;
-        let rows: Vec<Row> = match db {
-            Database::Mysql { .. } => {
-                db.mysql(|mut conn| async move {
-                    use mysql_async::prelude::Queryable;
-                    conn.query(SELECT_ALL).await
-                })
-                .await?
-            }
-            Database::Sqlite { .. } => {
-                db.sqlite(|conn| {
-                    conn.prepare_cached(SELECT_ALL)?
-                        .query_map([], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        })?
-                        .collect()
-                })
-                .await?
-            }
-        };
+        let rows: Vec<Row> = db.query(SELECT_ALL, Vec::new()).await?;
         let corrupt = |reason: String| NameServerError::Corrupt {
             table: "gizzard_retired",
             reason,
@@ -188,6 +163,7 @@ impl NameServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Database;
     use crate::nameserver::{Change, Host, Link, ShardInfo, ShardTypes};
 
     fn id(s: &str) -> ShardId {

@@ -16,8 +16,6 @@
 
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-
 use super::store::{NameServer, NameServerError};
 use crate::db::{Database, DbError, Param};
 
@@ -178,29 +176,7 @@ impl NameServer {
         type Row = (String, String, String, i64, i64, i64);
         let db = self.database();
         let now_ms = db.now_ms().await?;
-        let rows: Vec<Row> = match db {
-            Database::Mysql { .. } => {
-                db.mysql(|mut conn| async move { conn.query(SELECT_SERVERS).await })
-                    .await?
-            }
-            Database::Sqlite { .. } => {
-                db.sqlite(|conn| {
-                    conn.prepare_cached(SELECT_SERVERS)?
-                        .query_map([], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        })?
-                        .collect()
-                })
-                .await?
-            }
-        };
+        let rows: Vec<Row> = db.query(SELECT_SERVERS, Vec::new()).await?;
         rows.into_iter()
             .map(|(id, name, address, version, confirmed_ms, lease_ms)| {
                 let version = u64::try_from(version).map_err(|_| NameServerError::Corrupt {

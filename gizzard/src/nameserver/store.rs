@@ -76,6 +76,12 @@ impl NameServerError {
     }
 }
 
+impl From<mysql_async::Error> for NameServerError {
+    fn from(e: mysql_async::Error) -> Self {
+        Self::Db(DbError::Mysql(e))
+    }
+}
+
 /// The nameserver tables in one database.
 #[derive(Clone, Debug)]
 pub struct NameServer {

@@ -1,5 +1,6 @@
-//! Gizzard nameserver tests against MariaDB and SQLite: one suite run on both backends, and
-//! routing snapshots propagating between servers that share a nameserver database.
+//! Gizzard nameserver tests against MariaDB and SQLite: one suite run on both backends, one
+//! test per case, and routing snapshots propagating between servers that share a nameserver
+//! database.
 
 use std::{
     sync::Arc,
@@ -89,40 +90,76 @@ fn expected(mut topology: Topology, changes: &[Change], version: u64) -> Topolog
     topology
 }
 
-/// Applies `changes`, expects the refusal `check` accepts, and that nothing was stored.
-async fn refused(
-    ns: &NameServer,
-    what: &str,
-    changes: &[Change],
-    check: impl Fn(&TopologyError) -> bool,
-) {
+/// Opens the nameserver at `url`, creating its tables.
+async fn open(url: &str) -> NameServer {
+    let db = Database::open(url, Duration::from_secs(10))
+        .await
+        .expect("open database");
+    NameServer::open(db).await.expect("create tables")
+}
+
+/// Opens the nameserver at `url` and applies [`first_batch`] (version 1).
+async fn with_first_batch(url: &str) -> NameServer {
+    let ns = open(url).await;
+    assert_eq!(
+        ns.apply(&first_batch(), &types())
+            .await
+            .expect("first batch"),
+        1
+    );
+    ns
+}
+
+/// Applies `changes` to the nameserver with [`first_batch`] at `url`, expects the refusal
+/// `check` accepts, and that nothing was stored: the valid changes before the bad one
+/// neither.
+async fn refused(url: &str, changes: &[Change], check: impl Fn(&TopologyError) -> bool) {
+    let ns = with_first_batch(url).await;
     let before = ns.load().await.expect("load before");
-    let err = ns.apply(changes, &types()).await.expect_err(what);
+    let err = ns.apply(changes, &types()).await.expect_err("refused");
     let rule = err.topology_error();
-    assert!(rule.is_some_and(&check), "{what}: unexpected error: {err}");
+    assert!(rule.is_some_and(&check), "unexpected error: {err}");
+    assert!(matches!(
+        err,
+        NameServerError::Rejected { .. } | NameServerError::Invalid(_)
+    ));
     assert_eq!(
         ns.load().await.expect("load after"),
         before,
-        "{what}: topology changed"
+        "topology changed"
     );
-    assert_eq!(
-        ns.version().await.expect("version"),
-        before.version,
-        "{what}: version moved"
-    );
+    assert_eq!(ns.version().await.expect("version"), 1, "version moved");
 }
 
-/// The nameserver's behaviour, whatever database it lives in.
-pub async fn suite(ns: NameServer) {
-    let empty = ns.load().await.expect("load empty");
-    assert_eq!(empty, Topology::default());
-    assert_eq!(ns.version().await.expect("version"), 0);
+// The nameserver's behaviour, whatever database it lives in: one test per case on SQLite and
+// on MariaDB.
+tests::backend_suite!(
+    an_empty_nameserver_is_at_version_0,
+    a_batch_is_one_version_and_every_handle_reads_it,
+    a_cycle_is_refused,
+    a_dangling_link_is_refused,
+    an_unknown_shard_type_is_refused,
+    a_bad_table_prefix_is_refused,
+    a_table_not_starting_at_0_is_refused,
+    a_negative_base_id_is_refused,
+    deleting_a_linked_shard_is_refused,
+    a_missing_shard_refuses_the_valid_changes_before_it,
+    a_new_url_for_a_host_holding_shards_is_refused_unless_repointed,
+    a_second_batch_edits_replaces_and_removes_rows,
+    an_empty_batch_changes_nothing,
+    concurrent_batches_each_get_their_own_version,
+);
 
-    // One batch, one version.
-    let batch = first_batch();
-    assert_eq!(ns.apply(&batch, &types()).await.expect("first batch"), 1);
+async fn an_empty_nameserver_is_at_version_0(url: &str) {
+    let ns = open(url).await;
+    assert_eq!(ns.load().await.expect("load empty"), Topology::default());
+    assert_eq!(ns.version().await.expect("version"), 0);
+}
+
+async fn a_batch_is_one_version_and_every_handle_reads_it(url: &str) {
+    let ns = with_first_batch(url).await;
     assert_eq!(ns.version().await.expect("version"), 1);
-    let want = expected(Topology::default(), &batch, 1);
+    let want = expected(Topology::default(), &first_batch(), 1);
     let loaded = ns.load().await.expect("load");
     assert_eq!(loaded, want);
     assert_eq!(
@@ -130,7 +167,7 @@ pub async fn suite(ns: NameServer) {
         3
     );
     assert_eq!(loaded.hosts["db1"].write_weight, 2);
-    // A second handle on the same database reads the same topology.
+    // A second handle on the same database, and a server of its own, read the same topology.
     assert_eq!(
         NameServer::open(ns.database().clone())
             .await
@@ -140,99 +177,107 @@ pub async fn suite(ns: NameServer) {
             .ok(),
         Some(want.clone())
     );
+    assert_eq!(open(url).await.load().await.ok(), Some(want));
+}
 
-    // Invalid batches are refused whole: the valid changes before the bad one are not stored.
+async fn a_cycle_is_refused(url: &str) {
+    let changes = [
+        shard("localhost/a", "ReplicatingShard"),
+        shard("localhost/b", "ReadOnlyShard"),
+        link("localhost/a", "localhost/b", 1),
+        link("localhost/b", "localhost/a", 1),
+    ];
     refused(
-        &ns,
-        "cycle",
-        &[
-            shard("localhost/a", "ReplicatingShard"),
-            shard("localhost/b", "ReadOnlyShard"),
-            link("localhost/a", "localhost/b", 1),
-            link("localhost/b", "localhost/a", 1),
-        ],
+        url,
+        &changes,
         |e| matches!(e, TopologyError::Cycle(c) if *c == [id("localhost/a"), id("localhost/b")]),
     )
     .await;
-    refused(
-        &ns,
-        "dangling link",
-        &[
-            host("db3", "mysql://x@db3/t"),
-            link("localhost/tweets_0000", "db3/tweets_0000", 1),
-        ],
-        |e| {
-            let missing = id("db3/tweets_0000");
-            matches!(e, TopologyError::DanglingLink { missing: m, .. } if *m == missing)
-        },
-    )
+}
+
+async fn a_dangling_link_is_refused(url: &str) {
+    let changes = [
+        host("db3", "mysql://x@db3/t"),
+        link("localhost/tweets_0000", "db3/tweets_0000", 1),
+    ];
+    refused(url, &changes, |e| {
+        let missing = id("db3/tweets_0000");
+        matches!(e, TopologyError::DanglingLink { missing: m, .. } if *m == missing)
+    })
     .await;
-    refused(&ns, "unknown type", &[shard("db1/users_0000", "UserShard")], |e| {
+}
+
+async fn an_unknown_shard_type_is_refused(url: &str) {
+    refused(url, &[shard("db1/users_0000", "UserShard")], |e| {
         matches!(e, TopologyError::UnknownShardType { class_name, .. } if class_name == "UserShard")
     })
     .await;
-    let bad_prefix = ShardId {
-        hostname: "db1".into(),
-        table_prefix: "t0; DROP TABLE x".into(),
-    };
-    refused(
-        &ns,
-        "bad prefix",
-        &[Change::CreateShard(ShardInfo {
-            id: bad_prefix,
-            class_name: "TweetShard".into(),
-            busy: false,
-        })],
-        |e| matches!(e, TopologyError::InvalidShardId { .. }),
-    )
-    .await;
+}
+
+async fn a_bad_table_prefix_is_refused(url: &str) {
     assert!(
         "db1/t0;x".parse::<ShardId>().is_err(),
         "bad prefixes do not even parse"
     );
-    refused(
-        &ns,
-        "table not starting at 0",
-        &[forward(3, 1 << 40, "localhost/tweets_0000")],
-        |e| {
-            *e == TopologyError::TableNotStartingAtZero {
-                table_id: 3,
-                first_base_id: 1 << 40,
-            }
-        },
-    )
-    .await;
-    refused(&ns, "delete of a linked shard", &[Change::DeleteShard(id("db1/tweets_0000"))], |e| {
-        matches!(e, TopologyError::ShardStillLinked { id: i, .. } if *i == id("db1/tweets_0000"))
+    let bad_prefix = ShardId {
+        hostname: "db1".into(),
+        table_prefix: "t0; DROP TABLE x".into(),
+    };
+    let changes = [Change::CreateShard(ShardInfo {
+        id: bad_prefix,
+        class_name: "TweetShard".into(),
+        busy: false,
+    })];
+    refused(url, &changes, |e| {
+        matches!(e, TopologyError::InvalidShardId { .. })
     })
     .await;
-    refused(
-        &ns,
-        "delete of a missing shard after valid changes",
-        &[
-            host("db3", "mysql://x@db3/t"),
-            Change::DeleteShard(id("db3/none")),
-        ],
-        |e| *e == TopologyError::ShardNotFound(id("db3/none")),
-    )
+}
+
+async fn a_table_not_starting_at_0_is_refused(url: &str) {
+    refused(url, &[forward(3, 1 << 40, "localhost/tweets_0000")], |e| {
+        *e == TopologyError::TableNotStartingAtZero {
+            table_id: 3,
+            first_base_id: 1 << 40,
+        }
+    })
     .await;
+}
+
+async fn a_negative_base_id_is_refused(url: &str) {
+    let ns = with_first_batch(url).await;
     let err = ns
         .apply(&[forward(1, -5, "localhost/tweets_0000")], &types())
         .await
-        .expect_err("");
+        .expect_err("negative base id");
     assert!(err.to_string().contains("base id -5"), "{err}");
     assert!(matches!(err, NameServerError::Invalid(_)), "{err}");
+    assert_eq!(ns.version().await.expect("version"), 1, "version moved");
+}
 
-    // A second batch edits, replaces and removes rows; the version moves by one again.
-    refused(
-        &ns,
-        "a new url for a host holding shards, unforced",
-        &[host("db2", "mysql://tbird@db2:3306/tweets")],
-        |e| matches!(e, TopologyError::HostHoldsShards { name, .. } if name == "db2"),
-    )
+async fn deleting_a_linked_shard_is_refused(url: &str) {
+    refused(url, &[Change::DeleteShard(id("db1/tweets_0000"))], |e| {
+        matches!(e, TopologyError::ShardStillLinked { id: i, .. } if *i == id("db1/tweets_0000"))
+    })
     .await;
-    let batch2 = vec![
-        // Finish the migration of range 1 of table 1: unwrap the new replica, drop the old.
+}
+
+async fn a_missing_shard_refuses_the_valid_changes_before_it(url: &str) {
+    let changes = [
+        host("db3", "mysql://x@db3/t"),
+        Change::DeleteShard(id("db3/none")),
+    ];
+    refused(url, &changes, |e| {
+        *e == TopologyError::ShardNotFound(id("db3/none"))
+    })
+    .await;
+}
+
+/// The second batch: finishes the migration of range 1 of table 1, reweights, marks a shard
+/// busy, moves and removes forwardings, and repoints db2, which holds shards.
+fn second_batch() -> Vec<Change> {
+    vec![
+        // Unwrap the new replica, drop the old.
         Change::RemoveLink {
             up: id("localhost/tweets_0001"),
             down: id("localhost/new_0001"),
@@ -260,9 +305,29 @@ pub async fn suite(ns: NameServer) {
             read_weight: 1,
             write_weight: 1,
         }),
-    ];
-    assert_eq!(ns.apply(&batch2, &types()).await.expect("second batch"), 2);
-    let want = expected(want, &batch2, 2);
+    ]
+}
+
+async fn a_new_url_for_a_host_holding_shards_is_refused_unless_repointed(url: &str) {
+    refused(
+        url,
+        &[host("db2", "mysql://tbird@db2:3306/tweets")],
+        |e| matches!(e, TopologyError::HostHoldsShards { name, .. } if name == "db2"),
+    )
+    .await;
+    // The same url as a repoint goes through.
+    let ns = open(url).await;
+    let repoint = second_batch().pop().expect("the repoint");
+    assert_eq!(ns.apply(&[repoint], &types()).await.expect("repoint"), 2);
+    let loaded = ns.load().await.expect("load");
+    assert_eq!(loaded.hosts["db2"].url, "mysql://tbird@db2:3306/tweets");
+}
+
+async fn a_second_batch_edits_replaces_and_removes_rows(url: &str) {
+    let ns = with_first_batch(url).await;
+    let batch = second_batch();
+    assert_eq!(ns.apply(&batch, &types()).await.expect("second batch"), 2);
+    let want = expected(expected(Topology::default(), &first_batch(), 1), &batch, 2);
     let loaded = ns.load().await.expect("load");
     assert_eq!(loaded, want);
     assert!(!loaded.shards.contains_key(&id("localhost/new_0001")));
@@ -272,48 +337,20 @@ pub async fn suite(ns: NameServer) {
         Some(&id("localhost/tweets_0000"))
     );
     assert_eq!(loaded.hosts["db2"].url, "mysql://tbird@db2:3306/tweets");
-
-    // An empty batch changes nothing.
-    assert_eq!(ns.apply(&[], &types()).await.expect("empty batch"), 2);
-    assert_eq!(ns.version().await.expect("version"), 2);
 }
 
-#[tokio::test]
-async fn nameserver_on_sqlite() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("nameserver.db").display());
-    let db = Database::open(&url, Duration::from_secs(10))
-        .await
-        .expect("open sqlite");
-    suite(NameServer::open(db).await.expect("create tables")).await;
+async fn an_empty_batch_changes_nothing(url: &str) {
+    let ns = with_first_batch(url).await;
+    let before = ns.load().await.expect("load");
+    assert_eq!(ns.apply(&[], &types()).await.expect("empty batch"), 1);
+    assert_eq!(ns.version().await.expect("version"), 1);
+    assert_eq!(ns.load().await.expect("load"), before);
 }
 
-#[tokio::test]
-async fn nameserver_on_mariadb() {
-    let server = MariaDb::start().await.expect("start mariadb");
-    let url = server
-        .create_database("nameserver")
-        .await
-        .expect("create database");
-    let db = Database::open(&url, Duration::from_secs(10))
-        .await
-        .expect("open mysql");
-    suite(NameServer::open(db).await.expect("create tables")).await;
-}
-
-/// Concurrent batches on MariaDB serialize on the version row: every one gets its own
-/// version and none is lost.
-#[tokio::test]
-async fn concurrent_batches_serialize_on_mariadb() {
-    let server = MariaDb::start().await.expect("start mariadb");
-    let url = server
-        .create_database("nameserver")
-        .await
-        .expect("create database");
-    let db = Database::open(&url, Duration::from_secs(10))
-        .await
-        .expect("open mysql");
-    let ns = NameServer::open(db).await.expect("create tables");
+/// Concurrent batches serialize on the version row: every one gets its own version and none
+/// is lost.
+async fn concurrent_batches_each_get_their_own_version(url: &str) {
+    let ns = open(url).await;
     let batches = (0..8).map(|i| {
         let ns = ns.clone();
         async move {

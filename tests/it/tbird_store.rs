@@ -1,6 +1,7 @@
 //! T-Bird's tweet and timeline shards on MariaDB and SQLite: writes commute and repeat
 //! safely, deletes win whenever they arrive, timelines page newest first, and the hooks
-//! migrations use see every row.
+//! migrations use see every row (one test per case and backend), and what the backends must
+//! agree on.
 
 use std::time::Duration;
 
@@ -33,134 +34,198 @@ fn tweet(id: u64, user_id: u64, text: &str) -> Tweet {
     }
 }
 
-async fn tweets_and_timelines(db: Database) {
+/// Opens the database at `url` and returns its tweet and timeline shards, tables made.
+async fn shards(url: &str) -> (TbirdShard, TbirdShard) {
+    let db = Database::open(url, Duration::from_secs(5))
+        .await
+        .expect("open");
     let tweets = shard(db.clone(), Kind::Tweets, "t1_0000");
-    let timeline = shard(db.clone(), Kind::Timelines, "t2_0000");
+    let timeline = shard(db, Kind::Timelines, "t2_0000");
     tweets.materialize().await.expect("tweets table");
     timeline.materialize().await.expect("timeline table");
+    (tweets, timeline)
+}
 
-    // A tweet stored twice is stored once, with its text intact (280 four-byte characters).
+async fn apply(write: TbirdWrite, shard: &TbirdShard) {
+    write.apply(shard).await.expect("write");
+}
+
+/// Opens the timeline shard at `url` with user 5's tweets 100 to 400 (300 removed, then added
+/// again) and user 6's tweet 250.
+async fn filled_timeline(url: &str) -> TbirdShard {
+    let (_, timeline) = shards(url).await;
+    for tweet_id in [100, 300, 200, 400] {
+        apply(
+            TbirdWrite::AddToTimeline {
+                user_id: 5,
+                tweet_id,
+            },
+            &timeline,
+        )
+        .await;
+    }
+    apply(
+        TbirdWrite::AddToTimeline {
+            user_id: 6,
+            tweet_id: 250,
+        },
+        &timeline,
+    )
+    .await;
+    apply(
+        TbirdWrite::RemoveFromTimeline {
+            user_id: 5,
+            tweet_id: 300,
+        },
+        &timeline,
+    )
+    .await;
+    apply(
+        TbirdWrite::AddToTimeline {
+            user_id: 5,
+            tweet_id: 300,
+        },
+        &timeline,
+    )
+    .await;
+    timeline
+}
+
+/// Returns every row of `shard`, read two at a time through the cursor.
+async fn all_rows_by_pages(shard: &TbirdShard) -> Vec<Row> {
+    let (mut seen, mut after) = (Vec::new(), None);
+    loop {
+        let page = shard.read_page(after, 2, None).await.expect("page");
+        let Some(last) = page.last() else {
+            return seen;
+        };
+        after = Some(TbirdShard::cursor_of(last));
+        seen.extend(page);
+    }
+}
+
+// Every shard behaviour a user relies on, one test per case on SQLite and on MariaDB.
+tests::backend_suite!(
+    a_tweet_stored_twice_is_stored_once_and_intact,
+    a_delete_before_its_tweet_wins,
+    a_delete_after_its_tweet_wins_and_repeats_safely,
+    timelines_page_newest_first_without_removed_tweets,
+    the_cursor_pages_through_every_timeline_row_once,
+    a_copy_checksums_the_same_with_its_index_deferred,
+);
+
+async fn a_tweet_stored_twice_is_stored_once_and_intact(url: &str) {
+    let (tweets, _) = shards(url).await;
+    // 280 four-byte characters.
     let long = "🐦".repeat(280);
     let first = Tweet {
         in_reply_to: Some(7),
         ..tweet(10, 1, &long)
     };
     for _ in 0..2 {
-        TbirdWrite::PutTweet(first.clone())
-            .apply(&tweets)
-            .await
-            .expect("put");
+        apply(TbirdWrite::PutTweet(first.clone()), &tweets).await;
     }
     assert_eq!(
         tweets.get_tweets(&[10]).await.expect("get"),
         std::slice::from_ref(&first)
     );
+}
 
-    // A delete that arrives before its tweet wins; the tweet fills in but stays deleted.
-    TbirdWrite::DeleteTweet { id: 11 }
-        .apply(&tweets)
-        .await
-        .expect("early delete");
-    TbirdWrite::PutTweet(tweet(11, 1, "late"))
-        .apply(&tweets)
-        .await
-        .expect("late put");
-    let got = tweets.get_tweets(&[11]).await.expect("get");
+async fn a_delete_before_its_tweet_wins(url: &str) {
+    let (tweets, _) = shards(url).await;
+    apply(TbirdWrite::DeleteTweet { id: 11 }, &tweets).await;
+    apply(TbirdWrite::PutTweet(tweet(11, 1, "late")), &tweets).await;
+    // The tweet fills in the content but stays deleted.
     assert_eq!(
-        got,
+        tweets.get_tweets(&[11]).await.expect("get"),
         [Tweet {
             deleted: true,
             ..tweet(11, 1, "late")
         }]
     );
+}
 
-    // A delete after the tweet wins too, and repeating it changes nothing.
+async fn a_delete_after_its_tweet_wins_and_repeats_safely(url: &str) {
+    let (tweets, _) = shards(url).await;
+    let first = tweet(10, 1, "first");
+    apply(TbirdWrite::PutTweet(first.clone()), &tweets).await;
     for _ in 0..2 {
-        TbirdWrite::DeleteTweet { id: 10 }
-            .apply(&tweets)
-            .await
-            .expect("delete");
+        apply(TbirdWrite::DeleteTweet { id: 10 }, &tweets).await;
     }
-    assert!(tweets.get_tweets(&[10]).await.expect("get")[0].deleted);
-    TbirdWrite::PutTweet(first.clone())
-        .apply(&tweets)
-        .await
-        .expect("put again");
-    assert!(
-        tweets.get_tweets(&[10]).await.expect("get")[0].deleted,
+    let deleted = Tweet {
+        deleted: true,
+        ..first.clone()
+    };
+    assert_eq!(
+        tweets.get_tweets(&[10]).await.expect("get"),
+        std::slice::from_ref(&deleted)
+    );
+    apply(TbirdWrite::PutTweet(first), &tweets).await;
+    assert_eq!(
+        tweets.get_tweets(&[10]).await.expect("get"),
+        [deleted],
         "a put never revives"
     );
+}
 
-    // Timelines: newest first, paged by max_id, removals hidden.
-    for id in [100, 300, 200, 400] {
-        TbirdWrite::AddToTimeline {
-            user_id: 5,
-            tweet_id: id,
-        }
-        .apply(&timeline)
-        .await
-        .expect("add");
-    }
-    TbirdWrite::AddToTimeline {
-        user_id: 6,
-        tweet_id: 250,
-    }
-    .apply(&timeline)
-    .await
-    .expect("other user");
+async fn timelines_page_newest_first_without_removed_tweets(url: &str) {
+    let timeline = filled_timeline(url).await;
     assert_eq!(
-        timeline.timeline(5, None, 3).await.expect("page 1"),
-        [400, 300, 200]
+        timeline.timeline(5, None, 2).await.expect("page 1"),
+        [400, 200]
     );
     assert_eq!(
         timeline.timeline(5, Some(199), 3).await.expect("page 2"),
         [100]
     );
-    TbirdWrite::RemoveFromTimeline {
-        user_id: 5,
-        tweet_id: 300,
-    }
-    .apply(&timeline)
-    .await
-    .expect("remove");
-    TbirdWrite::AddToTimeline {
-        user_id: 5,
-        tweet_id: 300,
-    }
-    .apply(&timeline)
-    .await
-    .expect("late add");
     assert_eq!(
-        timeline.timeline(5, None, 10).await.expect("after removal"),
-        [400, 200, 100]
+        timeline.timeline(5, None, 10).await.expect("all"),
+        [400, 200, 100],
+        "a removal wins over a later add"
     );
+    assert_eq!(timeline.timeline(6, None, 10).await.expect("user 6"), [250]);
+    assert!(
+        timeline
+            .timeline(7, None, 10)
+            .await
+            .expect("user 7")
+            .is_empty()
+    );
+}
 
-    // The composite cursor pages through every timeline row once.
-    let (mut seen, mut after) = (Vec::new(), None);
-    loop {
-        let page = timeline.read_page(after, 2, None).await.expect("page");
-        let Some(last) = page.last() else { break };
-        after = Some(TbirdShard::cursor_of(last));
-        seen.extend(page);
-    }
-    assert_eq!(seen.len(), 5);
-    assert!(matches!(
-        seen[4],
-        Row::Timeline {
-            user_id: 6,
-            tweet_id: 250,
-            deleted: false
-        }
-    ));
+async fn the_cursor_pages_through_every_timeline_row_once(url: &str) {
+    let timeline = filled_timeline(url).await;
+    let line = |user_id, tweet_id, deleted| Row::Timeline {
+        user_id,
+        tweet_id,
+        deleted,
+    };
+    assert_eq!(
+        all_rows_by_pages(&timeline).await,
+        [
+            line(5, 100, false),
+            line(5, 200, false),
+            line(5, 300, true),
+            line(5, 400, false),
+            line(6, 250, false),
+        ]
+    );
+}
 
-    // A copy of every row checksums the same, also one loaded with its hash index dropped
-    // (twice, as a resumed copy may) and built afterwards (twice).
+/// A copy of every row checksums the same, also one loaded with its hash index dropped
+/// (twice, as a resumed copy may) and built afterwards (twice).
+async fn a_copy_checksums_the_same_with_its_index_deferred(url: &str) {
+    let timeline = filled_timeline(url).await;
+    let rows = all_rows_by_pages(&timeline).await;
+    let db = Database::open(url, Duration::from_secs(5))
+        .await
+        .expect("open");
     let copy = shard(db, Kind::Timelines, "t2_copy");
     copy.materialize().await.expect("copy table");
     for _ in 0..2 {
         copy.defer_indexes().await.expect("drop the hash index");
     }
-    copy.write_rows(&seen).await.expect("copy rows");
+    copy.write_rows(&rows).await.expect("copy rows");
     for _ in 0..2 {
         copy.build_indexes(5).await.expect("build the hash index");
     }
@@ -175,30 +240,6 @@ async fn tweets_and_timelines(db: Database) {
         copy.count_rows(Some(low.clone())).await.expect("count"),
         timeline.checksum(all, Some(low)).await.expect("sum").rows
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tweet_shards_on_mariadb() {
-    let server = tests::MariaDb::start().await.expect("mariadb");
-    let url = server.create_database("tbird").await.expect("database");
-    tweets_and_timelines(
-        Database::open(&url, Duration::from_secs(5))
-            .await
-            .expect("open"),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tweet_shards_on_sqlite() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("tbird.db").display());
-    tweets_and_timelines(
-        Database::open(&url, Duration::from_secs(5))
-            .await
-            .expect("open"),
-    )
-    .await;
 }
 
 /// The same rows checksum the same on MariaDB (folded in SQL) and SQLite (folded in Rust), so

@@ -4,45 +4,22 @@
 //! status, the rebalance it belongs to, a cancel flag operators set, and the owner of the run
 //! in progress. A run takes ownership when it starts and every save checks it, so a run that
 //! lost its job lease (and was replaced by another server's) can no longer write.
+//!
+//! What differs between the databases (the schema, reading a new row's id, decoding rows) is
+//! behind [`MigrationBackend`], in [`mysql`] and [`sqlite`], chosen once when the store opens.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod mysql;
+mod sqlite;
 
-use mysql_async::prelude::Queryable;
+use std::{
+    fmt,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use futures::future::BoxFuture;
 
 use super::model::{Migration, MigrationId, Plan, Progress, Status};
 use crate::db::{Database, DbError, Param};
-
-const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gizzard_migrations (
-    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    parent_id BIGINT UNSIGNED NULL,
-    status VARCHAR(16) NOT NULL,
-    owner VARCHAR(255) NULL,
-    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-    plan LONGTEXT NOT NULL,
-    progress LONGTEXT NOT NULL,
-    error TEXT NULL,
-    created_ms BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL,
-    KEY gizzard_migrations_status (status),
-    KEY gizzard_migrations_parent (parent_id)
-) ENGINE=InnoDB";
-
-const SQLITE_SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS gizzard_migrations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        parent_id INTEGER,
-        status TEXT NOT NULL,
-        owner TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        plan TEXT NOT NULL,
-        progress TEXT NOT NULL,
-        error TEXT,
-        created_ms INTEGER NOT NULL,
-        updated_ms INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS gizzard_migrations_status ON gizzard_migrations (status);
-    CREATE INDEX IF NOT EXISTS gizzard_migrations_parent ON gizzard_migrations (parent_id);
-";
 
 const COLUMNS: &str =
     "id, parent_id, status, cancel_requested, plan, progress, error, created_ms, updated_ms";
@@ -76,6 +53,37 @@ pub struct ListFilter {
 #[derive(Clone, Debug)]
 pub struct MigrationStore {
     db: Database,
+    backend: &'static dyn MigrationBackend,
+}
+
+/// What the migrations table does its own way on one database.
+trait MigrationBackend: fmt::Debug + Send + Sync {
+    /// Returns the statements creating the table when missing.
+    fn schema(&self) -> &'static str;
+
+    /// Runs `sql`, an `INSERT` of one row, and returns the row's new id.
+    fn insert<'a>(
+        &'a self,
+        db: &'a Database,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, Result<u64, DbError>>;
+
+    /// Runs `sql`, a select of [`COLUMNS`], and returns its rows.
+    fn select<'a>(
+        &'a self,
+        db: &'a Database,
+        sql: String,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, Result<Vec<RawRow>, DbError>>;
+}
+
+/// Returns the backend of `db`.
+fn backend_of(db: &Database) -> &'static dyn MigrationBackend {
+    match db {
+        Database::Mysql { .. } => &mysql::Mysql,
+        Database::Sqlite { .. } => &sqlite::Sqlite,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -123,14 +131,11 @@ fn decode(row: RawRow) -> Result<Migration, StoreError> {
 impl MigrationStore {
     /// Opens the table in `db`, creating it when missing.
     pub async fn open(db: Database) -> Result<Self, StoreError> {
-        let sql = match &db {
-            Database::Mysql { .. } => MYSQL_SCHEMA,
-            Database::Sqlite { .. } => SQLITE_SCHEMA,
-        };
-        db.execute_batch(sql.to_owned())
+        let backend = backend_of(&db);
+        db.execute_batch(backend.schema().to_owned())
             .await
             .map_err(db_err("create the migrations table"))?;
-        Ok(Self { db })
+        Ok(Self { db, backend })
     }
 
     /// Stores a new running migration starting at `progress` and returns its id.
@@ -151,26 +156,10 @@ impl MigrationStore {
             Param::Int(now),
             Param::Int(now),
         ];
-        let id = match &self.db {
-            Database::Mysql { .. } => {
-                let params: Vec<_> = params.into_iter().map(Param::into_mysql).collect();
-                self.db
-                    .mysql(|mut conn| async move {
-                        conn.exec_drop(sql, params).await?;
-                        Ok(conn.last_insert_id().unwrap_or(0))
-                    })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |conn| {
-                        conn.execute(sql, rusqlite::params_from_iter(params))?;
-                        Ok(conn.last_insert_rowid() as u64)
-                    })
-                    .await
-            }
-        };
-        id.map_err(db_err("store a migration"))
+        self.backend
+            .insert(&self.db, sql, params)
+            .await
+            .map_err(db_err("store a migration"))
     }
 
     /// Returns migration `id`.
@@ -305,36 +294,11 @@ impl MigrationStore {
 
     async fn select(&self, clause: &str, params: Vec<Param>) -> Result<Vec<Migration>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM gizzard_migrations {clause}");
-        let rows: Vec<RawRow> = match &self.db {
-            Database::Mysql { .. } => {
-                let params: Vec<_> = params.into_iter().map(Param::into_mysql).collect();
-                self.db
-                    .mysql(|mut conn| async move { conn.exec(sql, params).await })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |conn| {
-                        let mut stmt = conn.prepare_cached(&sql)?;
-                        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                                r.get(6)?,
-                                r.get(7)?,
-                                r.get(8)?,
-                            ))
-                        })?;
-                        rows.collect()
-                    })
-                    .await
-            }
-        }
-        .map_err(db_err("read migrations"))?;
+        let rows = self
+            .backend
+            .select(&self.db, sql, params)
+            .await
+            .map_err(db_err("read migrations"))?;
         rows.into_iter().map(decode).collect()
     }
 }

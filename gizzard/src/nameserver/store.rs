@@ -8,93 +8,28 @@
 //! changes in memory, validate the result, write only the rows the batch touched (in
 //! multi-row statements), bump the counter and commit. A batch that fails anywhere writes
 //! nothing. Every operation runs under the database's deadline.
+//!
+//! What differs between the databases (the schema, the snapshot a load reads in, how a batch
+//! locks the version row, the upsert's clause) is behind [`NameServerBackend`], in [`mysql`]
+//! and [`sqlite`], chosen once when the nameserver opens.
+
+mod mysql;
+mod sqlite;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt,
     time::Duration,
 };
 
-use mysql_async::{TxOpts, prelude::Queryable};
-use rusqlite::TransactionBehavior;
+use futures::future::BoxFuture;
 
 use super::{
     model::{Change, Host, ShardId, ShardInfo, ShardTypes, Topology, TopologyError, VIRTUAL_HOST},
-    retired, servers,
+    retired,
     validate::validate,
 };
 use crate::db::{Database, DbError, Param};
-
-const MYSQL_SCHEMA: [&str; 6] = [
-    "CREATE TABLE IF NOT EXISTS gizzard_shards (
-        hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        table_prefix VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        class_name VARCHAR(255) NOT NULL,
-        busy TINYINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (hostname, table_prefix)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS gizzard_links (
-        up_hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        up_table_prefix VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        down_hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        down_table_prefix VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        weight INT UNSIGNED NOT NULL,
-        PRIMARY KEY (up_hostname, up_table_prefix, down_hostname, down_table_prefix)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS gizzard_forwardings (
-        table_id INT NOT NULL,
-        base_id BIGINT NOT NULL,
-        hostname VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        table_prefix VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        PRIMARY KEY (table_id, base_id)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS gizzard_hosts (
-        name VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-        url VARCHAR(2048) NOT NULL,
-        read_weight INT UNSIGNED NOT NULL,
-        write_weight INT UNSIGNED NOT NULL,
-        PRIMARY KEY (name)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS gizzard_version (
-        id TINYINT NOT NULL PRIMARY KEY,
-        version BIGINT NOT NULL
-    ) ENGINE=InnoDB",
-    "INSERT IGNORE INTO gizzard_version (id, version) VALUES (1, 0)",
-];
-
-const SQLITE_SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS gizzard_shards (
-        hostname TEXT NOT NULL,
-        table_prefix TEXT NOT NULL,
-        class_name TEXT NOT NULL,
-        busy INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (hostname, table_prefix)
-    );
-    CREATE TABLE IF NOT EXISTS gizzard_links (
-        up_hostname TEXT NOT NULL,
-        up_table_prefix TEXT NOT NULL,
-        down_hostname TEXT NOT NULL,
-        down_table_prefix TEXT NOT NULL,
-        weight INTEGER NOT NULL,
-        PRIMARY KEY (up_hostname, up_table_prefix, down_hostname, down_table_prefix)
-    );
-    CREATE TABLE IF NOT EXISTS gizzard_forwardings (
-        table_id INTEGER NOT NULL,
-        base_id INTEGER NOT NULL,
-        hostname TEXT NOT NULL,
-        table_prefix TEXT NOT NULL,
-        PRIMARY KEY (table_id, base_id)
-    );
-    CREATE TABLE IF NOT EXISTS gizzard_hosts (
-        name TEXT NOT NULL PRIMARY KEY,
-        url TEXT NOT NULL,
-        read_weight INTEGER NOT NULL,
-        write_weight INTEGER NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS gizzard_version (
-        id INTEGER NOT NULL PRIMARY KEY,
-        version INTEGER NOT NULL
-    );
-    INSERT OR IGNORE INTO gizzard_version (id, version) VALUES (1, 0);";
 
 const SELECT_VERSION: &str = "SELECT version FROM gizzard_version WHERE id = 1";
 const SELECT_SHARDS: &str = "SELECT hostname, table_prefix, class_name, busy FROM gizzard_shards";
@@ -151,33 +86,52 @@ impl From<mysql_async::Error> for NameServerError {
 #[derive(Clone, Debug)]
 pub struct NameServer {
     db: Database,
+    backend: &'static dyn NameServerBackend,
+}
+
+/// Plans a batch from the tables as read inside its transaction: the new version and the
+/// statements that take the tables there, or why the batch is refused.
+type Planner = Box<dyn FnOnce(Rows) -> Result<(u64, Vec<Statement>), NameServerError> + Send>;
+
+/// What the nameserver does its own way on one database.
+trait NameServerBackend: fmt::Debug + Send + Sync {
+    /// Returns the statements creating the tables when missing: the topology's, the server
+    /// registry's, the retired leaves'.
+    fn schema(&self) -> [&'static str; 3];
+
+    /// Reads every table in one consistent snapshot.
+    fn load<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<Rows, DbError>>;
+
+    /// Runs one batch as one transaction that first locks the version row, so batches run one
+    /// at a time: reads the tables, runs the statements `plan` returns and commits, or writes
+    /// nothing when it refuses.
+    fn apply<'a>(
+        &'a self,
+        db: &'a Database,
+        plan: Planner,
+    ) -> BoxFuture<'a, Result<Result<u64, NameServerError>, DbError>>;
+
+    /// Returns the clause of an `INSERT` into `table` that replaces the non-key columns of a
+    /// row whose key exists.
+    fn upsert_clause(&self, table: &Table) -> String;
+}
+
+/// Returns the backend of `db`.
+fn backend_of(db: &Database) -> &'static dyn NameServerBackend {
+    match db {
+        Database::Mysql { .. } => &mysql::Mysql,
+        Database::Sqlite { .. } => &sqlite::Sqlite,
+    }
 }
 
 impl NameServer {
     /// Opens the nameserver in `db`, creating its tables when missing.
     pub async fn open(db: Database) -> Result<Self, NameServerError> {
-        match &db {
-            Database::Mysql { .. } => {
-                db.mysql(|mut conn| async move {
-                    for sql in MYSQL_SCHEMA {
-                        conn.query_drop(sql).await?;
-                    }
-                    conn.query_drop(servers::MYSQL_SCHEMA).await?;
-                    conn.query_drop(retired::MYSQL_SCHEMA).await?;
-                    Ok(())
-                })
-                .await?
-            }
-            Database::Sqlite { .. } => {
-                db.sqlite(|conn| {
-                    conn.execute_batch(SQLITE_SCHEMA)?;
-                    conn.execute_batch(servers::SQLITE_SCHEMA)?;
-                    conn.execute_batch(retired::SQLITE_SCHEMA)
-                })
-                .await?
-            }
+        let backend = backend_of(&db);
+        for sql in backend.schema() {
+            db.execute_batch(sql.to_owned()).await?;
         }
-        Ok(Self { db })
+        Ok(Self { db, backend })
     }
 
     /// Returns the database this nameserver lives in.
@@ -187,52 +141,13 @@ impl NameServer {
 
     /// Returns the change counter: one query on one row, cheap enough to poll every second.
     pub async fn version(&self) -> Result<u64, NameServerError> {
-        let version: Option<i64> = match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(|mut conn| async move { conn.query_first(SELECT_VERSION).await })
-                    .await?
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(|conn| {
-                        use rusqlite::OptionalExtension;
-                        conn.query_row(SELECT_VERSION, [], |row| row.get(0))
-                            .optional()
-                    })
-                    .await?
-            }
-        };
-        to_version(version)
+        let rows = self.db.query_ints(SELECT_VERSION.into(), vec![]).await?;
+        to_version(rows.first().and_then(|row| row.first().copied().flatten()))
     }
 
     /// Returns the whole topology, read in one consistent snapshot of the database.
     pub async fn load(&self) -> Result<Topology, NameServerError> {
-        let rows = match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(|mut conn| async move {
-                        let mut opts = TxOpts::default();
-                        opts.with_consistent_snapshot(true).with_readonly(true);
-                        let mut tx = conn.start_transaction(opts).await?;
-                        let rows = load_mysql(&mut tx, SELECT_VERSION).await?;
-                        tx.commit().await?;
-                        Ok(rows)
-                    })
-                    .await?
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(|conn| {
-                        let tx = conn.transaction()?;
-                        let rows = load_sqlite(&tx)?;
-                        tx.commit()?;
-                        Ok(rows)
-                    })
-                    .await?
-            }
-        };
-        rows.into_topology()
+        self.backend.load(&self.db).await?.into_topology()
     }
 
     /// Applies `changes` in one transaction and returns the new version. The batch is refused
@@ -247,55 +162,12 @@ impl NameServer {
         if changes.is_empty() {
             return self.version().await;
         }
-        let (changes, types) = (changes.to_vec(), types.clone());
-        let result = match &self.db {
-            Database::Mysql { .. } => {
-                self.db
-                    .mysql(|mut conn| async move {
-                        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                        // The lock serializes batches; the plain reads that follow start their
-                        // snapshot after it, so they see every earlier batch.
-                        let lock = format!("{SELECT_VERSION} FOR UPDATE");
-                        let rows = load_mysql(&mut tx, &lock).await?;
-                        let (version, statements) = match plan(rows, &changes, &types) {
-                            Ok(planned) => planned,
-                            Err(e) => {
-                                tx.rollback().await?;
-                                return Ok(Err(e));
-                            }
-                        };
-                        for Statement { sql, params } in statements.for_backend(Backend::Mysql) {
-                            let params: Vec<mysql_async::Value> =
-                                params.into_iter().map(Param::into_mysql).collect();
-                            tx.exec_drop(sql, params).await?;
-                        }
-                        tx.commit().await?;
-                        Ok(Ok(version))
-                    })
-                    .await
-            }
-            Database::Sqlite { .. } => {
-                self.db
-                    .sqlite(move |conn| {
-                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                        let rows = load_sqlite(&tx)?;
-                        let (version, statements) = match plan(rows, &changes, &types) {
-                            // Dropping the transaction rolls it back.
-                            Ok(planned) => planned,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        for Statement { sql, params } in statements.for_backend(Backend::Sqlite) {
-                            let params = params.into_iter().map(Param::into_sqlite);
-                            tx.prepare_cached(&sql)?
-                                .execute(rusqlite::params_from_iter(params))?;
-                        }
-                        tx.commit()?;
-                        Ok(Ok(version))
-                    })
-                    .await
-            }
-        };
-        match result {
+        let (changes, types, backend) = (changes.to_vec(), types.clone(), self.backend);
+        let plan: Planner = Box::new(move |rows| {
+            let (version, writes) = plan(rows, &changes, &types)?;
+            Ok((version, writes.statements(backend)))
+        });
+        match self.backend.apply(&self.db, plan).await {
             Ok(outcome) => outcome,
             Err(DbError::Timeout(timeout)) => Err(NameServerError::MaybeApplied(timeout)),
             Err(e) => Err(e.into()),
@@ -326,52 +198,6 @@ struct Rows {
     hosts: Vec<HostRow>,
     /// Retired leaves whose tables are not fenced yet; filled only inside a batch.
     unfenced: Vec<(String, String)>,
-}
-
-async fn load_mysql(
-    q: &mut mysql_async::Transaction<'_>,
-    select_version: &str,
-) -> Result<Rows, mysql_async::Error> {
-    let version = q.query_first(select_version).await?;
-    Ok(Rows {
-        version,
-        shards: q.query(SELECT_SHARDS).await?,
-        links: q.query(SELECT_LINKS).await?,
-        forwardings: q.query(SELECT_FORWARDINGS).await?,
-        hosts: q.query(SELECT_HOSTS).await?,
-        unfenced: q.query(retired::SELECT_UNFENCED).await?,
-    })
-}
-
-fn load_sqlite(conn: &rusqlite::Connection) -> Result<Rows, rusqlite::Error> {
-    fn all<T>(
-        conn: &rusqlite::Connection,
-        sql: &str,
-        row: impl FnMut(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
-    ) -> Result<Vec<T>, rusqlite::Error> {
-        conn.prepare_cached(sql)?.query_map([], row)?.collect()
-    }
-    use rusqlite::OptionalExtension;
-    Ok(Rows {
-        version: conn
-            .query_row(SELECT_VERSION, [], |row| row.get(0))
-            .optional()?,
-        shards: all(conn, SELECT_SHARDS, |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?,
-        links: all(conn, SELECT_LINKS, |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?,
-        forwardings: all(conn, SELECT_FORWARDINGS, |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?,
-        hosts: all(conn, SELECT_HOSTS, |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?,
-        unfenced: all(conn, retired::SELECT_UNFENCED, |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?,
-    })
 }
 
 impl Rows {
@@ -699,12 +525,7 @@ const HOSTS: Table = Table {
     keys: 1,
 };
 
-#[derive(Clone, Copy, PartialEq)]
-enum Backend {
-    Mysql,
-    Sqlite,
-}
-
+/// One statement of a batch, with `?` placeholders for `params`.
 struct Statement {
     sql: String,
     params: Vec<Param>,
@@ -712,7 +533,7 @@ struct Statement {
 
 impl Writes {
     /// Returns the statements of the batch: multi-row deletes and upserts, then the counter.
-    fn for_backend(self, backend: Backend) -> Vec<Statement> {
+    fn statements(self, backend: &dyn NameServerBackend) -> Vec<Statement> {
         let mut statements = Vec::new();
         for (table, writes) in [
             (&SHARDS, self.shards),
@@ -755,28 +576,11 @@ fn delete(table: &Table, keys: &[Vec<Param>]) -> Statement {
 }
 
 /// `INSERT INTO t (...) VALUES (...), (...)` replacing the non-key columns of existing rows.
-fn upsert(table: &Table, rows: &[Vec<Param>], backend: Backend) -> Statement {
+fn upsert(table: &Table, rows: &[Vec<Param>], backend: &dyn NameServerBackend) -> Statement {
     let columns = table.columns.join(", ");
     let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
     let values = vec![row; rows.len()].join(", ");
-    let updated = &table.columns[table.keys..];
-    let conflict = match backend {
-        Backend::Mysql => {
-            let set: Vec<_> = updated
-                .iter()
-                .map(|c| format!("{c} = VALUES({c})"))
-                .collect();
-            format!("ON DUPLICATE KEY UPDATE {}", set.join(", "))
-        }
-        Backend::Sqlite => {
-            let set: Vec<_> = updated
-                .iter()
-                .map(|c| format!("{c} = excluded.{c}"))
-                .collect();
-            let keys = table.columns[..table.keys].join(", ");
-            format!("ON CONFLICT ({keys}) DO UPDATE SET {}", set.join(", "))
-        }
-    };
+    let conflict = backend.upsert_clause(table);
     Statement {
         sql: format!(
             "INSERT INTO {} ({columns}) VALUES {values} {conflict}",
@@ -822,7 +626,7 @@ mod tests {
             ];
             3
         ];
-        let s = upsert(&FORWARDINGS, &rows, Backend::Sqlite);
+        let s = upsert(&FORWARDINGS, &rows, &sqlite::Sqlite);
         assert_eq!(
             s.sql,
             "INSERT INTO gizzard_forwardings (table_id, base_id, hostname, table_prefix) VALUES \
@@ -830,7 +634,7 @@ mod tests {
              SET hostname = excluded.hostname, table_prefix = excluded.table_prefix"
         );
         assert_eq!(s.params.len(), 12);
-        let m = upsert(&HOSTS, &[vec![Param::from("h"); 4]], Backend::Mysql);
+        let m = upsert(&HOSTS, &[vec![Param::from("h"); 4]], &mysql::Mysql);
         assert!(m.sql.ends_with(
             "ON DUPLICATE KEY UPDATE url = VALUES(url), \
             read_weight = VALUES(read_weight), write_weight = VALUES(write_weight)"

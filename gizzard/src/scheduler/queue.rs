@@ -16,6 +16,14 @@
 //! Claiming is cheap: the index `(state, priority, run_after_ms, id)` gives, per priority, the
 //! runnable jobs in the order they became runnable, so a claim reads only the rows it returns
 //! (plus the few held by running workers), however many jobs wait out a backoff.
+//!
+//! Most operations are one statement both databases accept. What differs (the schema, and
+//! the operations that are transactions of several statements, each locked the database's
+//! way) is behind [`QueueBackend`], in [`mysql`] and [`sqlite`], chosen once when the queue
+//! opens.
+
+mod mysql;
+mod sqlite;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,62 +34,11 @@ use std::{
     time::Duration,
 };
 
-use mysql_async::{IsolationLevel, TxOpts, Value, prelude::Queryable};
+use futures::future::BoxFuture;
 use rand::Rng;
-use rusqlite::{OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::db::{Database, DbError, MYSQL_NOW_MS, Param, SQLITE_NOW_MS};
-
-const MYSQL_SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS gizzard_jobs (
-        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        priority TINYINT UNSIGNED NOT NULL,
-        job_type VARCHAR(64) NOT NULL,
-        payload LONGBLOB NOT NULL,
-        shard VARCHAR(255) NULL,
-        state VARCHAR(8) NOT NULL DEFAULT 'ready',
-        attempts INT UNSIGNED NOT NULL DEFAULT 0,
-        last_error TEXT NULL,
-        run_after_ms BIGINT NOT NULL,
-        lease_owner VARCHAR(255) NULL,
-        lease_expires_ms BIGINT NOT NULL DEFAULT 0,
-        created_at_ms BIGINT NOT NULL,
-        CHECK (state IN ('ready', 'bad')),
-        KEY gizzard_jobs_claim (state, priority, run_after_ms, id),
-        KEY gizzard_jobs_shard (shard, state)
-    ) ENGINE=InnoDB",
-    "CREATE TABLE IF NOT EXISTS gizzard_queue_control (
-        priority TINYINT UNSIGNED NOT NULL PRIMARY KEY,
-        paused BOOLEAN NOT NULL DEFAULT FALSE
-    ) ENGINE=InnoDB",
-    "INSERT IGNORE INTO gizzard_queue_control (priority, paused) VALUES (0, 0), (1, 0), (2, 0)",
-];
-
-const SQLITE_SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS gizzard_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        priority INTEGER NOT NULL,
-        job_type TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        shard TEXT,
-        state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'bad')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        run_after_ms INTEGER NOT NULL,
-        lease_owner TEXT,
-        lease_expires_ms INTEGER NOT NULL DEFAULT 0,
-        created_at_ms INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS gizzard_jobs_claim
-        ON gizzard_jobs (state, priority, run_after_ms, id);
-    CREATE INDEX IF NOT EXISTS gizzard_jobs_shard ON gizzard_jobs (shard, state);
-    CREATE TABLE IF NOT EXISTS gizzard_queue_control (
-        priority INTEGER PRIMARY KEY,
-        paused INTEGER NOT NULL DEFAULT 0
-    );
-    INSERT OR IGNORE INTO gizzard_queue_control (priority, paused) VALUES (0, 0), (1, 0), (2, 0);
-";
+use crate::db::{Database, DbError, Param};
 
 /// Every column of `gizzard_jobs`, in the order [`RawRow`] reads them.
 const COLUMNS: &str = "id, priority, job_type, payload, shard, state, attempts, last_error, \
@@ -512,57 +469,6 @@ type RawRow = (
     i64,
 );
 
-fn sqlite_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    let id: i64 = row.get(0)?;
-    Ok((
-        u64::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, id))?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-        row.get(9)?,
-        row.get(10)?,
-        row.get(11)?,
-    ))
-}
-
-fn mysql_raw(row: mysql_async::Row) -> Result<RawRow, QueueError> {
-    mysql_async::from_row_opt::<RawRow>(row)
-        .map_err(|_| QueueError::BadRow("a column does not have the type the queue expects".into()))
-}
-
-/// Reads the database clock and the paused priority codes of a MySQL claim.
-fn read_now_and_paused(
-    now: Option<Value>,
-    paused: Vec<Value>,
-) -> Result<(i64, BTreeSet<i64>), QueueError> {
-    let now = now.map(mysql_int).transpose()?;
-    let now = now.ok_or_else(|| QueueError::BadRow("the database clock read nothing".into()))?;
-    Ok((
-        now,
-        paused
-            .into_iter()
-            .map(mysql_int)
-            .collect::<Result<_, _>>()?,
-    ))
-}
-
-/// Converts a MySQL text value.
-fn mysql_text(value: Value) -> Result<String, QueueError> {
-    mysql_async::from_value_opt::<String>(value)
-        .map_err(|e| QueueError::BadRow(format!("expected text, got {:?}", e.0)))
-}
-
-/// Converts a MySQL integer value.
-fn mysql_int(value: Value) -> Result<i64, QueueError> {
-    mysql_async::from_value_opt::<i64>(value)
-        .map_err(|e| QueueError::BadRow(format!("expected an integer, got {:?}", e.0)))
-}
-
 fn record(raw: RawRow) -> Result<JobRecord, QueueError> {
     let (
         id,
@@ -642,10 +548,70 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// One try of an operation: the database's error (retried when transient), or the queue's
+/// own outcome, which may be an error about what the table holds.
+type Try<T> = Result<Result<T, QueueError>, DbError>;
+
+/// What the queue does its own way on one database. Each operation is one try, run on `db`,
+/// which holds what is left of the operation's deadline.
+trait QueueBackend: fmt::Debug + Send + Sync {
+    /// Returns the statements creating the tables when missing.
+    fn schema(&self) -> &'static str;
+
+    /// Inserts `jobs` in one transaction and returns their ids, in order.
+    fn enqueue<'a>(
+        &'a self,
+        db: &'a Database,
+        jobs: Arc<Vec<NewJob>>,
+    ) -> BoxFuture<'a, Try<Vec<u64>>>;
+
+    /// Leases up to `limit` runnable jobs to `owner` for `lease_ms`, as [`JobQueue::claim`]
+    /// says, in one transaction.
+    fn claim<'a>(
+        &'a self,
+        db: &'a Database,
+        owner: Arc<str>,
+        limit: usize,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, Try<Vec<ClaimedJob>>>;
+
+    /// Records a failed run of job `id` as `decide` says from its stored attempts, in one
+    /// transaction; `None` when `owner` no longer holds the job.
+    fn fail<'a>(
+        &'a self,
+        db: &'a Database,
+        id: i64,
+        owner: String,
+        error: String,
+        decide: Arc<Decide>,
+    ) -> BoxFuture<'a, Try<Option<FailOutcome>>>;
+
+    /// Runs `sql`, a select of [`COLUMNS`], and returns its rows.
+    fn select_jobs<'a>(
+        &'a self,
+        db: &'a Database,
+        sql: String,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, Try<Vec<RawRow>>>;
+
+    /// Returns the statement deleting the first `?` jobs (by id) that `clause` (a ` WHERE …`
+    /// or nothing) selects.
+    fn delete_first(&self, clause: &str) -> String;
+}
+
+/// Returns the backend of `db`.
+fn backend_of(db: &Database) -> &'static dyn QueueBackend {
+    match db {
+        Database::Mysql { .. } => &mysql::Mysql,
+        Database::Sqlite { .. } => &sqlite::Sqlite,
+    }
+}
+
 /// The durable job queue in the nameserver database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct JobQueue {
     db: Database,
+    backend: &'static dyn QueueBackend,
     policy: RetryPolicy,
 }
 
@@ -653,21 +619,13 @@ impl JobQueue {
     /// Opens the queue in `db`, creating its tables when missing, with the default
     /// [`RetryPolicy`].
     pub async fn open(db: Database) -> Result<Self, QueueError> {
-        match &db {
-            Database::Mysql { .. } => {
-                db.mysql(|mut conn| async move {
-                    for statement in MYSQL_SCHEMA {
-                        conn.query_drop(statement).await?;
-                    }
-                    Ok(())
-                })
-                .await
-            }
-            Database::Sqlite { .. } => db.sqlite(|conn| conn.execute_batch(SQLITE_SCHEMA)).await,
-        }
-        .map_err(read_err("create the job queue tables"))?;
+        let backend = backend_of(&db);
+        db.execute_batch(backend.schema().to_owned())
+            .await
+            .map_err(read_err("create the job queue tables"))?;
         Ok(Self {
             db,
+            backend,
             policy: RetryPolicy::default(),
         })
     }
@@ -711,19 +669,10 @@ impl JobQueue {
             n => format!("enqueue {n} jobs"),
         };
         let jobs = Arc::new(jobs.to_vec());
+        let backend = self.backend;
         self.retrying(&action, |db| {
             let jobs = jobs.clone();
-            async move {
-                match &db {
-                    Database::Mysql { .. } => {
-                        db.mysql(|conn| async move { mysql_enqueue(conn, &jobs).await })
-                            .await
-                    }
-                    Database::Sqlite { .. } => {
-                        db.sqlite(move |conn| sqlite_enqueue(conn, &jobs)).await
-                    }
-                }
-            }
+            async move { backend.enqueue(&db, jobs).await }
         })
         .await
         .map_err(write_err(action))?
@@ -746,22 +695,10 @@ impl JobQueue {
         let lease_ms = millis(lease).max(1);
         let action = format!("claim jobs for {owner:?}");
         let owner: Arc<str> = owner.into();
+        let backend = self.backend;
         self.retrying(&action, |db| {
             let owner = owner.clone();
-            async move {
-                match &db {
-                    Database::Mysql { .. } => {
-                        db.mysql(
-                            |conn| async move { mysql_claim(conn, &owner, limit, lease_ms).await },
-                        )
-                        .await
-                    }
-                    Database::Sqlite { .. } => {
-                        db.sqlite(move |conn| sqlite_claim(conn, &owner, limit, lease_ms))
-                            .await
-                    }
-                }
-            }
+            async move { backend.claim(&db, owner, limit, lease_ms).await }
         })
         .await
         .map_err(write_err(action))?
@@ -832,23 +769,11 @@ impl JobQueue {
                 }
             }
         });
+        let backend = self.backend;
         let outcome = self
             .retrying(&action, |db| {
                 let (owner, error, decide) = (owner.clone(), error.clone(), decide.clone());
-                async move {
-                    match &db {
-                        Database::Mysql { .. } => {
-                            db.mysql(|conn| async move {
-                                mysql_fail(conn, id, &owner, error, &*decide).await
-                            })
-                            .await
-                        }
-                        Database::Sqlite { .. } => {
-                            db.sqlite(move |conn| sqlite_fail(conn, id, &owner, error, &*decide))
-                                .await
-                        }
-                    }
-                }
+                async move { backend.fail(&db, id, owner, error, decide).await }
             })
             .await
             .map_err(write_err(action))??;
@@ -866,28 +791,11 @@ impl JobQueue {
             sql.push_str(" LIMIT ?");
             params.push(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
         }
-        let action = "list jobs";
-        let raws = match &self.db {
-            Database::Mysql { .. } => {
-                let rows: Vec<mysql_async::Row> = self
-                    .db
-                    .mysql(move |mut conn| async move { conn.exec(sql, to_mysql(params)).await })
-                    .await
-                    .map_err(read_err(action))?;
-                rows.into_iter()
-                    .map(mysql_raw)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            Database::Sqlite { .. } => self
-                .db
-                .sqlite(move |conn| {
-                    conn.prepare_cached(&sql)?
-                        .query_map(rusqlite::params_from_iter(params), sqlite_raw)?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await
-                .map_err(read_err(action))?,
-        };
+        let raws = self
+            .backend
+            .select_jobs(&self.db, sql, params)
+            .await
+            .map_err(read_err("list jobs"))??;
         raws.into_iter().map(record).collect()
     }
 
@@ -923,20 +831,13 @@ impl JobQueue {
     /// many. A purged job is never run again: purging ready write retries loses writes.
     pub async fn purge(&self, filter: &JobFilter) -> Result<u64, QueueError> {
         let (clause, mut params) = filter_clause(filter);
-        let sql = match (filter.limit, &self.db) {
-            (None, _) => format!("DELETE FROM gizzard_jobs{clause}"),
-            (Some(_), Database::Mysql { .. }) => {
-                format!("DELETE FROM gizzard_jobs{clause} ORDER BY id LIMIT ?")
+        let sql = match filter.limit {
+            None => format!("DELETE FROM gizzard_jobs{clause}"),
+            Some(limit) => {
+                params.push(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+                self.backend.delete_first(&clause)
             }
-            // SQLite's DELETE has no LIMIT unless built with it.
-            (Some(_), Database::Sqlite { .. }) => format!(
-                "DELETE FROM gizzard_jobs WHERE id IN \
-                 (SELECT id FROM gizzard_jobs{clause} ORDER BY id LIMIT ?)"
-            ),
         };
-        if let Some(limit) = filter.limit {
-            params.push(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
-        }
         self.execute("purge jobs".to_owned(), sql, params).await
     }
 
@@ -981,14 +882,15 @@ impl JobQueue {
         let rows = self
             .query_ints(
                 "read paused priorities",
-                "SELECT priority, 0 FROM gizzard_queue_control WHERE paused <> 0",
+                "SELECT priority FROM gizzard_queue_control WHERE paused <> 0",
                 vec![],
             )
             .await?;
         rows.into_iter()
-            .map(|(code, _)| {
-                Priority::from_code(code).ok_or_else(|| {
-                    QueueError::BadRow(format!("gizzard_queue_control: unknown priority {code}"))
+            .map(|row| {
+                let code = row.first().copied().flatten();
+                code.and_then(Priority::from_code).ok_or_else(|| {
+                    QueueError::BadRow(format!("gizzard_queue_control: unknown priority {code:?}"))
                 })
             })
             .collect()
@@ -997,36 +899,29 @@ impl JobQueue {
     /// Returns how many jobs there are per priority and state (pairs without jobs are left
     /// out).
     pub async fn depth(&self) -> Result<BTreeMap<(Priority, JobState), u64>, QueueError> {
-        let sql = "SELECT priority, state, COUNT(*) FROM gizzard_jobs GROUP BY priority, state";
-        let rows: Vec<(i64, String, i64)> = match &self.db {
-            Database::Mysql { .. } => {
-                let rows: Vec<(Value, Value, Value)> = self
-                    .db
-                    .mysql(move |mut conn| async move { conn.query(sql).await })
-                    .await
-                    .map_err(read_err("count jobs"))?;
-                rows.into_iter()
-                    .map(|(a, b, c)| Ok((mysql_int(a)?, mysql_text(b)?, mysql_int(c)?)))
-                    .collect::<Result<_, QueueError>>()?
-            }
-            Database::Sqlite { .. } => self
-                .db
-                .sqlite(move |conn| {
-                    conn.prepare_cached(sql)?
-                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect()
-                })
-                .await
-                .map_err(read_err("count jobs"))?,
-        };
+        // The state as a number, so that the rows are all integers; NULL for a state the queue
+        // does not know.
+        let sql = "SELECT priority, CASE state WHEN 'ready' THEN 0 WHEN 'bad' THEN 1 END, \
+                   COUNT(*) FROM gizzard_jobs GROUP BY priority, state";
+        let rows = self.query_ints("count jobs", sql, vec![]).await?;
         let mut depth = BTreeMap::new();
-        for (code, state, count) in rows {
-            let priority = Priority::from_code(code)
-                .ok_or_else(|| QueueError::BadRow(format!("unknown priority {code}")))?;
-            let state = state
-                .parse()
-                .map_err(|_| QueueError::BadRow(format!("unknown state {state:?}")))?;
-            *depth.entry((priority, state)).or_default() += u64::try_from(count).unwrap_or(0);
+        for row in rows {
+            let &[code, state, count] = row.as_slice() else {
+                return Err(QueueError::BadRow(format!(
+                    "a count of {} columns",
+                    row.len()
+                )));
+            };
+            let priority = code
+                .and_then(Priority::from_code)
+                .ok_or_else(|| QueueError::BadRow(format!("unknown priority {code:?}")))?;
+            let state = match state {
+                Some(0) => JobState::Ready,
+                Some(1) => JobState::Bad,
+                _ => return Err(QueueError::BadRow("a state other than ready or bad".into())),
+            };
+            let count = count.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            *depth.entry((priority, state)).or_default() += count;
         }
         Ok(depth)
     }
@@ -1078,13 +973,12 @@ impl JobQueue {
         let rows = self
             .query_ints(
                 &format!("count jobs for shard {shard:?}"),
-                "SELECT COUNT(*), 0 FROM gizzard_jobs WHERE shard = ?",
+                "SELECT COUNT(*) FROM gizzard_jobs WHERE shard = ?",
                 vec![Param::Text(shard.to_owned())],
             )
             .await?;
-        Ok(rows
-            .first()
-            .map_or(0, |&(count, _)| u64::try_from(count).unwrap_or(0)))
+        let count = rows.first().and_then(|row| row.first().copied().flatten());
+        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     /// Returns the database clock expression of this backend.
@@ -1157,233 +1051,22 @@ impl JobQueue {
         }
     }
 
-    /// Runs a query whose rows are two integers.
+    /// Runs a query whose columns are all integers (or NULL).
     async fn query_ints(
         &self,
         action: &str,
-        sql: &'static str,
+        sql: &str,
         params: Vec<Param>,
-    ) -> Result<Vec<(i64, i64)>, QueueError> {
-        match &self.db {
-            Database::Mysql { .. } => {
-                let rows: Vec<(Value, Value)> = self
-                    .db
-                    .mysql(move |mut conn| async move { conn.exec(sql, to_mysql(params)).await })
-                    .await
-                    .map_err(read_err(action))?;
-                rows.into_iter()
-                    .map(|(a, b)| Ok((mysql_int(a)?, mysql_int(b)?)))
-                    .collect()
-            }
-            Database::Sqlite { .. } => self
-                .db
-                .sqlite(move |conn| {
-                    conn.prepare_cached(sql)?
-                        .query_map(rusqlite::params_from_iter(params), |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect()
-                })
-                .await
-                .map_err(read_err(action)),
-        }
+    ) -> Result<Vec<Vec<Option<i64>>>, QueueError> {
+        self.db
+            .query_ints(sql.to_owned(), params)
+            .await
+            .map_err(read_err(action))
     }
 }
 
 /// Decides what a failed run does next, from the job's stored attempts.
 type Decide = dyn Fn(i64) -> FailOutcome + Send + Sync;
-
-/// One try of [`JobQueue::enqueue_many`] on MySQL: inserts `jobs` in one transaction.
-async fn mysql_enqueue(
-    mut conn: mysql_async::Conn,
-    jobs: &[NewJob],
-) -> Result<Result<Vec<u64>, QueueError>, mysql_async::Error> {
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    // A multi-row INSERT takes consecutive auto-increment values, `step` apart.
-    let step = match jobs.len() {
-        1 => Ok(1),
-        _ => {
-            let step: Option<Value> = tx.query_first("SELECT @@auto_increment_increment").await?;
-            step.map_or(Ok(1), mysql_int)
-        }
-    };
-    let step = match step {
-        Ok(step) => u64::try_from(step.max(1)).unwrap_or(1),
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut ids = Vec::with_capacity(jobs.len());
-    for chunk in insert_chunks(jobs) {
-        let row = format!("(?, ?, ?, ?, 'ready', 0, {MYSQL_NOW_MS}, 0, {MYSQL_NOW_MS})");
-        let sql = format!(
-            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
-             attempts, run_after_ms, lease_expires_ms, created_at_ms) VALUES {}",
-            vec![row; chunk.len()].join(", ")
-        );
-        let mut params = Vec::with_capacity(chunk.len() * 4);
-        for job in chunk {
-            params.push(Value::Int(job.priority.code()));
-            params.push(Value::from(job.job_type.as_str()));
-            params.push(Value::Bytes(job.payload.clone()));
-            params.push(job.shard.as_deref().map_or(Value::NULL, Value::from));
-        }
-        tx.exec_drop(sql, params).await?;
-        let Some(first) = tx.last_insert_id() else {
-            return Ok(Err(QueueError::BadRow("the insert reported no id".into())));
-        };
-        ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
-    }
-    tx.commit().await?;
-    Ok(Ok(ids))
-}
-
-/// One try of [`JobQueue::enqueue_many`] on SQLite.
-fn sqlite_enqueue(
-    conn: &mut rusqlite::Connection,
-    jobs: &[NewJob],
-) -> rusqlite::Result<Result<Vec<u64>, QueueError>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut ids = Vec::with_capacity(jobs.len());
-    {
-        let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO gizzard_jobs (priority, job_type, payload, shard, state, \
-             attempts, run_after_ms, lease_expires_ms, created_at_ms) \
-             VALUES (?, ?, ?, ?, 'ready', 0, {SQLITE_NOW_MS}, 0, {SQLITE_NOW_MS})"
-        ))?;
-        for job in jobs {
-            let id =
-                insert.insert((job.priority.code(), &job.job_type, &job.payload, &job.shard))?;
-            ids.push(u64::try_from(id).unwrap_or_default());
-        }
-    }
-    tx.commit()?;
-    Ok(Ok(ids))
-}
-
-/// One try of [`JobQueue::claim`] on MySQL.
-async fn mysql_claim(
-    mut conn: mysql_async::Conn,
-    owner: &str,
-    limit: usize,
-    lease_ms: i64,
-) -> Result<Result<Vec<ClaimedJob>, QueueError>, mysql_async::Error> {
-    // READ COMMITTED: rows that do not match are not left locked, and no gap locks block
-    // enqueues.
-    let mut opts = TxOpts::default();
-    opts.with_isolation_level(IsolationLevel::ReadCommitted);
-    let mut tx = conn.start_transaction(opts).await?;
-    let now: Option<Value> = tx.query_first(format!("SELECT {MYSQL_NOW_MS}")).await?;
-    let paused: Vec<Value> = tx
-        .query("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")
-        .await?;
-    let (now, paused) = match read_now_and_paused(now, paused) {
-        Ok(read) => read,
-        Err(e) => {
-            tx.rollback().await?;
-            return Ok(Err(e));
-        }
-    };
-    let mut rows = Vec::new();
-    for priority in Priority::ALL {
-        let wanted = limit - rows.len();
-        if wanted == 0 {
-            break;
-        }
-        if paused.contains(&priority.code()) {
-            continue;
-        }
-        let found: Vec<mysql_async::Row> = tx
-            .exec(
-                format!(
-                    "SELECT {COLUMNS} FROM gizzard_jobs \
-                     WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
-                     AND lease_expires_ms <= ? \
-                     ORDER BY run_after_ms, id LIMIT ? FOR UPDATE SKIP LOCKED"
-                ),
-                (priority.code(), now, now, wanted as u64),
-            )
-            .await?;
-        rows.extend(found);
-    }
-    if rows.is_empty() {
-        tx.rollback().await?;
-        return Ok(Ok(Vec::new()));
-    }
-    let raws = match rows
-        .into_iter()
-        .map(mysql_raw)
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(raws) => raws,
-        Err(e) => {
-            tx.rollback().await?;
-            return Ok(Err(e));
-        }
-    };
-    let expires = now.saturating_add(lease_ms);
-    // The ids are integers read back from the table, safe to inline.
-    let ids: Vec<String> = raws.iter().map(|r| r.0.to_string()).collect();
-    tx.exec_drop(
-        format!(
-            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? WHERE id IN ({})",
-            ids.join(", ")
-        ),
-        (owner, expires),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(raws
-        .into_iter()
-        .map(|raw| claimed(raw, owner, expires))
-        .collect())
-}
-
-/// One try of [`JobQueue::claim`] on SQLite.
-fn sqlite_claim(
-    conn: &mut rusqlite::Connection,
-    owner: &str,
-    limit: usize,
-    lease_ms: i64,
-) -> rusqlite::Result<Result<Vec<ClaimedJob>, QueueError>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now: i64 = tx.query_row(&format!("SELECT {SQLITE_NOW_MS}"), [], |r| r.get(0))?;
-    let paused: BTreeSet<i64> = tx
-        .prepare_cached("SELECT priority FROM gizzard_queue_control WHERE paused <> 0")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut raws = Vec::new();
-    for priority in Priority::ALL {
-        let wanted = limit - raws.len();
-        if wanted == 0 {
-            break;
-        }
-        if paused.contains(&priority.code()) {
-            continue;
-        }
-        let mut select = tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM gizzard_jobs \
-             WHERE state = 'ready' AND priority = ? AND run_after_ms <= ? \
-             AND lease_expires_ms <= ? ORDER BY run_after_ms, id LIMIT ?"
-        ))?;
-        let found = select
-            .query_map((priority.code(), now, now, wanted as i64), sqlite_raw)?
-            .collect::<Result<Vec<_>, _>>()?;
-        raws.extend(found);
-    }
-    let expires = now.saturating_add(lease_ms);
-    {
-        let mut update = tx.prepare_cached(
-            "UPDATE gizzard_jobs SET lease_owner = ?, lease_expires_ms = ? WHERE id = ?",
-        )?;
-        for raw in &raws {
-            update.execute((owner, expires, raw.0 as i64))?;
-        }
-    }
-    tx.commit()?;
-    Ok(raws
-        .into_iter()
-        .map(|raw| claimed(raw, owner, expires))
-        .collect())
-}
 
 /// The UPDATE that records a failed run, with the database clock `now`.
 fn fail_update(now: &str) -> String {
@@ -1391,71 +1074,6 @@ fn fail_update(now: &str) -> String {
         "UPDATE gizzard_jobs SET state = ?, attempts = ?, last_error = ?, \
          run_after_ms = {now} + ?, lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?"
     )
-}
-
-/// One try of [`JobQueue::fail`] on MySQL; `None` when `owner` no longer holds job `id`.
-async fn mysql_fail(
-    mut conn: mysql_async::Conn,
-    id: i64,
-    owner: &str,
-    error: String,
-    decide: &Decide,
-) -> Result<Result<Option<FailOutcome>, QueueError>, mysql_async::Error> {
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    let attempts: Option<Value> = tx
-        .exec_first(
-            "SELECT attempts FROM gizzard_jobs WHERE id = ? AND lease_owner = ? FOR UPDATE",
-            (id, owner),
-        )
-        .await?;
-    let attempts = match attempts.map(mysql_int) {
-        None => {
-            tx.rollback().await?;
-            return Ok(Ok(None));
-        }
-        Some(Err(e)) => {
-            tx.rollback().await?;
-            return Ok(Err(e));
-        }
-        Some(Ok(attempts)) => attempts,
-    };
-    let outcome = decide(attempts);
-    tx.exec_drop(
-        fail_update(MYSQL_NOW_MS),
-        to_mysql(outcome_params(outcome, error, id)),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Ok(Some(outcome)))
-}
-
-/// One try of [`JobQueue::fail`] on SQLite; `None` when `owner` no longer holds job `id`.
-fn sqlite_fail(
-    conn: &mut rusqlite::Connection,
-    id: i64,
-    owner: &str,
-    error: String,
-    decide: &Decide,
-) -> rusqlite::Result<Result<Option<FailOutcome>, QueueError>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let attempts: Option<i64> = tx
-        .query_row(
-            "SELECT attempts FROM gizzard_jobs WHERE id = ? AND lease_owner = ?",
-            (id, owner),
-            |row| row.get(0),
-        )
-        .optional()?;
-    let Some(attempts) = attempts else {
-        return Ok(Ok(None));
-    };
-    let outcome = decide(attempts);
-    let params = outcome_params(outcome, error, id);
-    tx.execute(
-        &fail_update(SQLITE_NOW_MS),
-        rusqlite::params_from_iter(params),
-    )?;
-    tx.commit()?;
-    Ok(Ok(Some(outcome)))
 }
 
 /// Parameters of the failure UPDATE: state, attempts, last_error, delay, id.
@@ -1471,10 +1089,6 @@ fn outcome_params(outcome: FailOutcome, error: String, id: i64) -> Vec<Param> {
         Param::Int(millis(delay)),
         Param::Int(id),
     ]
-}
-
-fn to_mysql(params: Vec<Param>) -> Vec<Value> {
-    params.into_iter().map(Param::into_mysql).collect()
 }
 
 /// Splits `jobs` into runs of at most [`INSERT_ROWS`] rows and about [`INSERT_BYTES`] bytes.
@@ -1627,6 +1241,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("q.db").display());
         JobQueue {
             db: Database::open_lazy(&url, timeout).await.expect("open"),
+            backend: &sqlite::Sqlite,
             policy: RetryPolicy::default(),
         }
     }

@@ -1,9 +1,8 @@
-//! The lease table's behaviour, one suite run on SQLite and on MariaDB.
+//! The lease table's behaviour, one suite run on SQLite and on MariaDB, one test per case.
 
 use std::time::Duration;
 
 use snowflake::lease::{LeaseError, LeaseStore, store::Pair};
-use tests::MariaDb;
 
 const TTL: Duration = Duration::from_millis(800);
 const PAIR: Pair = Pair {
@@ -11,15 +10,44 @@ const PAIR: Pair = Pair {
     worker_id: 9,
 };
 
-async fn suite(store: LeaseStore) {
-    // A free pair is taken; nobody held it before, so nothing is below the floor.
+tests::backend_suite!(
+    a_free_pair_is_taken_and_another_owner_is_told_who_holds_it,
+    the_holder_renews_and_takes_its_own_pair_again,
+    other_pairs_are_independent,
+    after_expiry_another_owner_inherits_the_floor_and_the_old_holder_has_lost,
+    a_release_frees_the_pair_and_records_the_last_time_issued,
+    a_release_by_a_non_holder_changes_nothing,
+);
+
+async fn open(url: &str) -> LeaseStore {
+    LeaseStore::open(url, Duration::from_secs(2))
+        .await
+        .expect("open the lease store")
+}
+
+/// Returns a store in which "alpha" holds [`PAIR`], having reserved up to 6,000.
+async fn held_by_alpha(url: &str) -> LeaseStore {
+    let store = open(url).await;
+    store
+        .acquire(PAIR, "alpha", TTL, 5_000)
+        .await
+        .expect("free pair");
+    store
+        .renew(PAIR, "alpha", TTL, 6_000)
+        .await
+        .expect("alpha renews");
+    store
+}
+
+async fn a_free_pair_is_taken_and_another_owner_is_told_who_holds_it(url: &str) {
+    let store = open(url).await;
+    // Nobody held it before, so nothing is below the floor.
     let floor = store
         .acquire(PAIR, "alpha", TTL, 5_000)
         .await
         .expect("free pair");
     assert_eq!(floor, 0);
 
-    // Another owner is refused while the lease runs, and told who holds it.
     let err = store
         .acquire(PAIR, "beta", TTL, 9_000)
         .await
@@ -33,12 +61,10 @@ async fn suite(store: LeaseStore) {
             .contains("worker 9 in datacenter 2 is leased by \"alpha\""),
         "{err}"
     );
+}
 
-    // The holder renews and may take its own pair again.
-    store
-        .renew(PAIR, "alpha", TTL, 6_000)
-        .await
-        .expect("alpha renews");
+async fn the_holder_renews_and_takes_its_own_pair_again(url: &str) {
+    let store = held_by_alpha(url).await;
     assert_eq!(
         store
             .acquire(PAIR, "alpha", TTL, 6_500)
@@ -46,8 +72,10 @@ async fn suite(store: LeaseStore) {
             .expect("own pair"),
         6_000
     );
+}
 
-    // Other pairs are independent.
+async fn other_pairs_are_independent(url: &str) {
+    let store = held_by_alpha(url).await;
     let other = Pair {
         datacenter_id: 2,
         worker_id: 10,
@@ -56,9 +84,10 @@ async fn suite(store: LeaseStore) {
         .acquire(other, "beta", TTL, 1)
         .await
         .expect("a different pair is free");
+}
 
-    // After expiry another owner takes over and inherits the reservation as its floor; the
-    // old holder's renewal then fails as lost.
+async fn after_expiry_another_owner_inherits_the_floor_and_the_old_holder_has_lost(url: &str) {
+    let store = held_by_alpha(url).await;
     let mut floor = None;
     tests::wait_until("alpha's lease expires for beta", TTL * 10, async || {
         floor = store.acquire(PAIR, "beta", TTL, 7_000).await.ok();
@@ -66,7 +95,7 @@ async fn suite(store: LeaseStore) {
     })
     .await;
     let floor = floor.expect("expired lease");
-    assert_eq!(floor, 6_500, "the latest reservation alpha recorded");
+    assert_eq!(floor, 6_000, "the latest reservation alpha recorded");
     let err = store
         .renew(PAIR, "alpha", TTL, 8_000)
         .await
@@ -75,51 +104,25 @@ async fn suite(store: LeaseStore) {
         matches!(err, LeaseError::Lost { worker_id: 9, .. }),
         "{err}"
     );
+}
 
-    // A release frees the pair at once and records the exact last time issued.
-    store.release(PAIR, "beta", 6_900).await.expect("release");
+async fn a_release_frees_the_pair_and_records_the_last_time_issued(url: &str) {
+    let store = held_by_alpha(url).await;
+    store.release(PAIR, "alpha", 6_900).await.expect("release");
     let floor = store
         .acquire(PAIR, "gamma", TTL, 10_000)
         .await
         .expect("released pair is free");
     assert_eq!(floor, 6_900);
+}
 
-    // A release by a non-holder changes nothing.
-    store
-        .release(PAIR, "alpha", 1)
-        .await
-        .expect("no-op release");
+async fn a_release_by_a_non_holder_changes_nothing(url: &str) {
+    let store = held_by_alpha(url).await;
+    store.release(PAIR, "beta", 1).await.expect("no-op release");
     assert!(
         store.acquire(PAIR, "delta", TTL, 1).await.is_err(),
-        "gamma still holds it"
+        "alpha still holds it"
     );
-}
-
-#[tokio::test]
-async fn lease_table_on_sqlite() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("leases.db").display());
-    suite(
-        LeaseStore::open(&url, Duration::from_secs(2))
-            .await
-            .expect("open sqlite"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn lease_table_on_mariadb() {
-    let db = MariaDb::start().await.expect("start mariadb");
-    let url = db
-        .create_database("snowflake")
-        .await
-        .expect("create database");
-    suite(
-        LeaseStore::open(&url, Duration::from_secs(2))
-            .await
-            .expect("open mysql"),
-    )
-    .await;
 }
 
 #[tokio::test]

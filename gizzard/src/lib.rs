@@ -9,8 +9,12 @@
 //! - [`scheduler`]: the durable job queue in the nameserver database, and its workers.
 //! - [`shards`]: routing trees (Replicating, ReadOnly, WriteOnly, Blocked, BlackHole, leaves),
 //!   failure accrual, the application's physical shard types, and the write path.
-//! - [`migrate`]: online copy, diff and repair, and the move, split and rebalance workflows.
-//! - [`manager`]: the admin gRPC service `gizzard.v1.ShardManager`.
+//! - [`topology`]: [`topology::TopologyService`], changing the topology (creating new leaves'
+//!   tables first) and reading it, for operators and migrations alike.
+//! - [`migrate`]: online copy, diff and repair, the move, split and rebalance workflows, and
+//!   [`migrate::Migrations`], the service that starts and cancels them.
+//! - [`manager`]: the admin gRPC service `gizzard.v1.ShardManager`, a thin edge over those
+//!   services, and the gRPC status of every Gizzard error.
 //! - [`metrics`]: the `# HELP` text of every series Gizzard emits.
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 //! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
@@ -24,3 +28,4 @@ pub mod nameserver;
 pub mod scheduler;
 pub mod server;
 pub mod shards;
+pub mod topology;

@@ -11,7 +11,7 @@ use crate::{
     db::{Database, DbError},
     manager::{AdminTokens, Manager, ManagerParts},
     migrate::{
-        self, MigrationSettings, MigrationStore, Migrator, StoreError,
+        self, MigrationSettings, MigrationStore, Migrations, Migrator, StoreError,
         anti_entropy::{self, AntiEntropy, AntiEntropySettings, SweepError, SweepStore},
     },
     nameserver::{
@@ -25,6 +25,7 @@ use crate::{
         PhysicalShard, Registry, ShardRouter, WriteOp, Writer, retire, retire::Retirement,
         write::DEFAULT_LEAF_TIMEOUT,
     },
+    topology::TopologyService,
 };
 
 /// How a proxy runs. Its `Debug` form shows no token and no password.
@@ -256,16 +257,25 @@ impl<S: PhysicalShard, W: WriteOp<S>> Proxy<S, W> {
         &self.settings
     }
 
+    /// Returns the topology service of this proxy: changes that create new leaves' tables
+    /// on this proxy's hosts and reload its routing.
+    pub fn topology(&self) -> TopologyService {
+        TopologyService::for_router(self.router.clone())
+    }
+
     /// Returns the admin service of this proxy.
     pub fn manager(&self) -> Manager {
+        let topology = self.topology();
+        let migrations = Migrations::new(
+            topology.clone(),
+            self.migrations.clone(),
+            self.queue.clone(),
+            self.sweeps.clone(),
+        );
         let parts = ManagerParts {
-            nameserver: self.nameserver.clone(),
-            routing: self.routing.clone(),
+            topology,
+            migrations,
             queue: self.queue.clone(),
-            migrations: self.migrations.clone(),
-            sweeps: self.sweeps.clone(),
-            types: self.router.registry().shard_types(),
-            materializer: self.router.clone(),
         };
         Manager::new(
             parts,

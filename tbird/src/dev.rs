@@ -13,8 +13,10 @@
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use gizzard::{
+    nameserver::ShardIdError,
     scheduler::WorkerSettings,
     server::{Proxy, ProxySettings},
+    topology::TopologyServiceError,
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ use crate::{
     ids::IdSource,
     server::{Listeners, Parts, ServerError},
     store, topology,
+    tweets::TbirdProxy,
 };
 
 /// Forwardings per table in a new data dir.
@@ -50,8 +53,10 @@ pub enum DevError {
     Proxy(#[from] gizzard::server::StartError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("name the default topology's shards: {0}")]
+    ShardNames(ShardIdError),
     #[error("create the default topology: {0}")]
-    Topology(String),
+    Topology(TopologyServiceError),
     #[error(transparent)]
     Serve(#[from] ServerError),
 }
@@ -122,27 +127,19 @@ pub async fn run(
 }
 
 async fn create_default_topology(
-    proxy: &crate::service::TbirdProxy,
+    proxy: &TbirdProxy,
     dir: &std::path::Path,
 ) -> Result<(), DevError> {
-    use proto::gizzard::v1::{ApplyRequest, shard_manager_server::ShardManager};
     let hosts = vec![
         ("a".to_owned(), sqlite_url(dir, "host-a.db")),
         ("b".to_owned(), sqlite_url(dir, "host-b.db")),
     ];
-    let changes = topology::default_changes(&hosts, DEV_SHARDS)
-        .map_err(|e| DevError::Topology(e.to_string()))?;
-    let request = ApplyRequest {
-        changes: changes
-            .iter()
-            .map(gizzard::manager::convert::change_to_pb)
-            .collect(),
-    };
+    let changes = topology::default_changes(&hosts, DEV_SHARDS).map_err(DevError::ShardNames)?;
     proxy
-        .manager()
-        .apply(tonic::Request::new(request))
+        .topology()
+        .apply(&changes)
         .await
-        .map_err(|s| DevError::Topology(s.message().to_owned()))?;
+        .map_err(DevError::Topology)?;
     tracing::info!(shards = DEV_SHARDS, "created the default topology");
     Ok(())
 }

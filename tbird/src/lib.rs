@@ -7,7 +7,9 @@
 //! - [`metrics`]: the Prometheus metrics of `tbird serve` and `tbird dev`.
 //! - [`ids`]: tweet ids from Snowflake, prefetched in batches (or from an in-process worker).
 //! - [`server`]: `tbird serve`, a production server on a MySQL nameserver and Snowflake.
-//! - [`service`]: the gRPC service `tbird.v1.Tweets` on the Gizzard proxy.
+//! - [`tweets`]: [`tweets::Tweets`], posting, reading and deleting tweets and reading
+//!   timelines on the Gizzard proxy, with typed errors.
+//! - [`service`]: the gRPC service `tbird.v1.Tweets`, which converts to and from [`tweets`].
 //! - [`topology`]: the default topology of both tables.
 //! - [`store`]: tweet and timeline shards (MySQL, SQLite) and the writes that commute on them.
 //! - [`hosts`]: per-host statement queues, so concurrent statements to one host share one.
@@ -24,3 +26,4 @@ pub mod service;
 pub mod store;
 pub mod topology;
 pub mod tweet;
+pub mod tweets;

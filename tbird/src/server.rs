@@ -31,8 +31,9 @@ use tonic::server::NamedService;
 use crate::{
     ids::{IdSource, PrefetchSettings},
     metrics,
-    service::{TbirdProxy, TweetService},
+    service::TweetService,
     store,
+    tweets::{TbirdProxy, Tweets},
 };
 
 /// Everything `tbird serve` can be told; keys are kebab-case in the TOML file.
@@ -400,9 +401,8 @@ pub async fn serve(
         edge: settings,
     } = parts;
     let manager = proxy.manager().into_server();
-    let tweets = TweetService::new(proxy.clone(), ids)
-        .with_reads_per_host(statements_per_host)
-        .into_server();
+    let tweets =
+        TweetService::new(Tweets::new(proxy.clone(), ids, statements_per_host)).into_server();
     let mut tweets_port = edge::Port::new(proto::FILE_DESCRIPTOR_SET)
         .add_service(tweets, edge::guard::DEFAULT_MAX_REQUEST_BYTES);
     let admin_port =

@@ -14,9 +14,9 @@ use gizzard::{
 use mysql_async::prelude::Queryable;
 use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, UserTweetsRequest};
 use tbird::{
-    service::TbirdProxy,
     store::{Kind, Row, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::Tweet,
+    tweets::TbirdProxy,
 };
 use tests::{
     MariaDb,

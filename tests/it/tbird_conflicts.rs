@@ -12,8 +12,9 @@ use proto::tbird::v1::{
     tweets_client::TweetsClient,
 };
 use tbird::{
-    service::{TbirdProxy, partly_posted_id},
+    service::partly_posted_id,
     store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdWrite},
+    tweets::TbirdProxy,
 };
 use tests::tweets::TweetCluster;
 use tokio_util::sync::CancellationToken;

@@ -2,14 +2,14 @@
 //! SQLite files), tweets posted, read, multi-read, deleted and paged by timeline, and bad
 //! input refused with the field named.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use proto::tbird::v1::{
     DeleteTweetRequest, GetTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest,
     Tweet, UserTweetsRequest, tweets_client::TweetsClient,
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
-use tbird::{ids::IdSource, service::TbirdProxy};
+use tbird::{ids::IdSource, tweets::TbirdProxy};
 use tests::cluster::test_settings;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
@@ -31,27 +31,38 @@ pub(crate) async fn serve_proxy(
     hosts: Vec<(String, String)>,
     shutdown: &CancellationToken,
 ) -> (TweetsClient<Channel>, Arc<TbirdProxy>, String) {
-    use proto::gizzard::v1::shard_manager_server::ShardManager;
-    let proxy: TbirdProxy = gizzard::server::Proxy::start(
+    let proxy = start_proxy(nameserver_url, shutdown).await;
+    let changes = tbird::topology::default_changes(&hosts, 4).expect("valid host names");
+    proxy
+        .topology()
+        .apply(&changes)
+        .await
+        .expect("create the tables");
+    let (client, proxy, (addr, _)) = serve_started(proxy, shutdown).await;
+    (client, proxy, addr.to_string())
+}
+
+async fn start_proxy(nameserver_url: &str, shutdown: &CancellationToken) -> TbirdProxy {
+    gizzard::server::Proxy::start(
         test_settings(nameserver_url),
         tbird::store::registry(tbird::hosts::DEFAULT_STATEMENTS_PER_HOST),
         HashMap::new(),
         shutdown.clone(),
     )
     .await
-    .expect("start proxy");
-    let changes = tbird::topology::default_changes(&hosts, 4).expect("valid host names");
-    let request = proto::gizzard::v1::ApplyRequest {
-        changes: changes
-            .iter()
-            .map(gizzard::manager::convert::change_to_pb)
-            .collect(),
-    };
-    proxy
-        .manager()
-        .apply(tonic::Request::new(request))
-        .await
-        .expect("create the tables");
+    .expect("start proxy")
+}
+
+/// Serves `proxy` as `tbird serve` does; returns a tweets client, the proxy, and the
+/// addresses of the tweet service and the ShardManager.
+async fn serve_started(
+    proxy: TbirdProxy,
+    shutdown: &CancellationToken,
+) -> (
+    TweetsClient<Channel>,
+    Arc<TbirdProxy>,
+    (SocketAddr, SocketAddr),
+) {
     let ids = IdSource::Local(Arc::new(IdWorker::fixed(
         Arc::new(SystemClock::default()),
         5,
@@ -59,11 +70,11 @@ pub(crate) async fn serve_proxy(
         1,
     )));
     let proxy = Arc::new(proxy);
-    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let listeners = tbird::server::Listeners::bind(loopback, loopback)
         .await
         .expect("bind");
-    let (addr, _) = listeners.local_addrs().expect("addrs");
+    let addrs = listeners.local_addrs().expect("addrs");
     let parts = tbird::server::Parts {
         proxy: proxy.clone(),
         ids,
@@ -71,10 +82,10 @@ pub(crate) async fn serve_proxy(
         edge: edge::Settings::default(),
     };
     tokio::spawn(tbird::server::serve(listeners, parts, shutdown.clone()));
-    let client = TweetsClient::connect(format!("http://{addr}"))
+    let client = TweetsClient::connect(format!("http://{}", addrs.0))
         .await
         .expect("connect");
-    (client, proxy, addr.to_string())
+    (client, proxy, addrs)
 }
 
 fn text(t: &Tweet) -> String {
@@ -298,5 +309,51 @@ async fn tweets_on_two_sqlite_replicas() {
     let hosts = vec![("a".to_owned(), url("a.db")), ("b".to_owned(), url("b.db"))];
     let shutdown = CancellationToken::new();
     tweets_end_to_end(serve(&url("ns.db"), hosts, &shutdown).await).await;
+    shutdown.cancel();
+}
+
+/// A table without forwardings does not exist: the tweet service and the ShardManager both
+/// answer NOT_FOUND (asking again will not help), where a shard that is down is UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_forwardings_is_not_found_on_both_services() {
+    use proto::gizzard::v1::{LookupRequest, shard_manager_client::ShardManagerClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nameserver = format!("sqlite://{}", dir.path().join("ns.db").display());
+    let shutdown = CancellationToken::new();
+    let proxy = start_proxy(&nameserver, &shutdown).await;
+    let (mut client, _, (_, admin)) = serve_started(proxy, &shutdown).await;
+
+    let status = client
+        .get_tweet(GetTweetRequest { id: 42 })
+        .await
+        .expect_err("no tweets table");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("table 1 has no forwarding"),
+        "{status:?}"
+    );
+    let request = PostTweetRequest {
+        user_id: 7,
+        text: "nowhere to go".into(),
+        in_reply_to: None,
+    };
+    let status = client.post_tweet(request).await.expect_err("no tables");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let mut manager = ShardManagerClient::connect(format!("http://{admin}"))
+        .await
+        .expect("connect admin");
+    let status = manager
+        .lookup(LookupRequest {
+            table_id: 1,
+            key: 42,
+        })
+        .await
+        .expect_err("no forwarding");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("table 1 has no forwarding"),
+        "{status:?}"
+    );
     shutdown.cancel();
 }

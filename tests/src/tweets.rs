@@ -28,7 +28,7 @@ use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{
     ids::IdSource,
     server::{Listeners, Parts},
-    service::TbirdProxy,
+    tweets::TbirdProxy,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

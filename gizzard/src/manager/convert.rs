@@ -1,11 +1,17 @@
-//! Conversions between `gizzard.v1` messages and the nameserver's model. Incoming messages are
-//! checked here, so a malformed shard id or an empty change is refused with the field named.
+//! Conversions between `gizzard.v1` messages and the domain's types: the nameserver's model,
+//! migrations and jobs. Incoming messages are checked here, so a malformed shard id or an
+//! empty change is refused with the field named.
 
 use proto::gizzard::v1 as pb;
 use tonic::Status;
 
 use crate::{
-    migrate::anti_entropy::SweepRecord,
+    migrate::{
+        HashRange, Migration, Plan,
+        anti_entropy::SweepRecord,
+        control::{Child, LeafPair, MigrationRequest, MigrationTree, RequestKind, Started},
+        model::RebalancePlan,
+    },
     nameserver::{
         Change, Forwarding, Host, Link, NodeSpec, RetiredShard, ServerRecord, ShardId, ShardInfo,
         Topology,
@@ -326,5 +332,143 @@ pub fn sweep_to_pb(sweep: &SweepRecord) -> pb::Sweep {
         rows_compared: sweep.rows_compared,
         keys_repaired: sweep.keys_repaired,
         total_repaired: sweep.total_repaired,
+    }
+}
+
+/// Converts a `StartMigration` request.
+pub fn migration_request(request: pb::StartMigrationRequest) -> Result<MigrationRequest, Status> {
+    use pb::start_migration_request::Kind;
+    let pair = |p: pb::ShardPair| -> Result<LeafPair, Status> {
+        Ok(LeafPair {
+            a: shard_id("a", &p.a)?,
+            b: shard_id("b", &p.b)?,
+            hashes: hash_range(p.hashes)?,
+        })
+    };
+    // Zero is protobuf's unset: the server's setting, or the default.
+    let limit = |value: u32| (value > 0).then_some(value as usize);
+    let kind = match request.kind {
+        None => return Err(Status::invalid_argument("kind is not set")),
+        Some(Kind::Move(m)) => RequestKind::Move {
+            shard: shard_id("shard", &m.shard)?,
+            to_host: m.to_host,
+        },
+        Some(Kind::AddReplica(m)) => RequestKind::AddReplica {
+            shard: shard_id("shard", &m.shard)?,
+            host: m.host,
+        },
+        Some(Kind::Split(s)) => RequestKind::Split {
+            table_id: s.table_id,
+            base_id: s.base_id,
+            at: s.at,
+        },
+        Some(Kind::Copy(p)) => RequestKind::Copy(pair(p)?),
+        Some(Kind::Diff(p)) => RequestKind::Diff(pair(p)?),
+        Some(Kind::Repair(p)) => RequestKind::Repair(pair(p)?),
+        Some(Kind::Rebalance(r)) => RequestKind::Rebalance {
+            hosts: r.hosts,
+            max_copies: limit(r.max_copies),
+            copies_per_host: limit(r.copies_per_host),
+            dry_run: r.dry_run,
+        },
+    };
+    Ok(MigrationRequest {
+        kind,
+        rows_per_second: (request.rows_per_second > 0).then_some(request.rows_per_second),
+    })
+}
+
+/// Reads a hash range; none, or both ends zero, is every row.
+fn hash_range(range: Option<pb::HashRange>) -> Result<Option<HashRange>, Status> {
+    match range {
+        None => Ok(None),
+        Some(r) if r.start == 0 && r.end == 0 => Ok(None),
+        Some(r) if r.start < r.end => Ok(Some(HashRange {
+            start: r.start,
+            end: r.end,
+        })),
+        Some(r) => Err(Status::invalid_argument(format!(
+            "hashes: start {} must be below end {}",
+            r.start, r.end
+        ))),
+    }
+}
+
+/// Converts what a start did: the migration stored or resumed, or a plan stored nowhere.
+pub fn started_to_pb(started: &Started) -> pb::Migration {
+    match started {
+        Started::Stored(tree) => migration_tree_to_pb(tree),
+        Started::Resumed(tree) => pb::Migration {
+            resumed: true,
+            ..migration_tree_to_pb(tree)
+        },
+        Started::Planned(plan) => rebalance_plan_to_pb(plan),
+    }
+}
+
+/// Converts a migration with a rebalance's moves.
+pub fn migration_tree_to_pb(tree: &MigrationTree) -> pb::Migration {
+    pb::Migration {
+        children: tree
+            .children
+            .iter()
+            .map(|child| match child {
+                Child::Started(migration) => migration_to_pb(migration),
+                Child::Planned(planned) => plan_to_pb(&Plan::Move(planned.as_ref().clone())),
+            })
+            .collect(),
+        ..migration_to_pb(&tree.migration)
+    }
+}
+
+/// A dry run's or an already balanced cluster's answer: the plan, stored nowhere.
+fn rebalance_plan_to_pb(plan: &RebalancePlan) -> pb::Migration {
+    let mut shown = plan_to_pb(&Plan::Rebalance(plan.clone()));
+    if plan.moves.is_empty() {
+        shown.status = "done".into();
+        shown.note = "already balanced: nothing to move".into();
+    }
+    shown.children = plan
+        .moves
+        .iter()
+        .map(|m| plan_to_pb(&Plan::Move(m.clone())))
+        .collect();
+    shown
+}
+
+/// A planned migration, which has no id (0) or progress yet.
+fn plan_to_pb(plan: &Plan) -> pb::Migration {
+    pb::Migration {
+        kind: plan.kind().into(),
+        description: plan.describe(),
+        status: "planned".into(),
+        ..Default::default()
+    }
+}
+
+/// Converts a stored migration, without its children.
+pub fn migration_to_pb(m: &Migration) -> pb::Migration {
+    let p = &m.progress;
+    pb::Migration {
+        id: m.id,
+        parent_id: m.parent.unwrap_or(0),
+        kind: m.plan.kind().into(),
+        description: m.plan.describe(),
+        status: m.status.as_str().into(),
+        step: p.step.as_str().into(),
+        rows_copied: p.rows_copied,
+        rows_total: p.rows_total,
+        rows_compared: p.rows_compared,
+        differing: p.differing,
+        differing_keys: p.differing_keys.clone(),
+        repaired: p.repaired,
+        note: p.note.clone(),
+        error: m.error.clone().unwrap_or_default(),
+        cancel_requested: m.cancel_requested,
+        children: Vec::new(),
+        created_ms: m.created_ms,
+        updated_ms: m.updated_ms,
+        resumed: false,
+        resumes: p.resumes,
     }
 }

@@ -1,7 +1,6 @@
-//! [`Manager`]: the `gizzard.v1.ShardManager` service over the nameserver, this server's
-//! routing and the job queue.
-
-use std::{future::Future, pin::Pin, sync::Arc};
+//! [`Manager`]: the `gizzard.v1.ShardManager` service. Each handler decodes its request
+//! ([`super::convert`]), calls [`TopologyService`], [`Migrations`] or the job queue, and encodes
+//! the answer; errors become statuses through [`super::status`].
 
 use proto::gizzard::v1::{self as pb, shard_manager_server::ShardManager};
 use tonic::{Request, Response, Status};
@@ -11,74 +10,22 @@ use super::{
     convert,
 };
 use crate::{
-    migrate::{MigrationStore, anti_entropy::SweepStore},
-    nameserver::{
-        Change, Host, NameServer, NameServerError, Routing, ShardInfo, ShardTypes, TopologyError,
-        hash,
-    },
-    scheduler::{JobFilter, JobQueue, QueueError, RetryTarget},
-    shards::{PhysicalShard, ShardRouter},
+    migrate::Migrations,
+    scheduler::{JobFilter, JobQueue, RetryTarget},
+    topology::{RoutingStatus, TopologyService},
 };
 
 /// The most jobs one `ListJobs` call returns.
 pub const MAX_LIST_JOBS: u64 = 10_000;
 
-/// Creates the tables of new leaf shards on their hosts; the proxy's shard router is one.
-pub trait Materializer: Send + Sync + 'static {
-    /// Creates the tables of leaf `info` on `host` when missing.
-    fn materialize<'a>(
-        &'a self,
-        info: &'a ShardInfo,
-        host: &'a Host,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-}
-
-impl<S: PhysicalShard> Materializer for ShardRouter<S> {
-    fn materialize<'a>(
-        &'a self,
-        info: &'a ShardInfo,
-        host: &'a Host,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            ShardRouter::materialize(self, info, host)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
 /// Serves the admin API of one proxy.
 #[derive(Clone)]
 pub struct Manager {
-    pub(super) nameserver: NameServer,
-    routing: Arc<Routing>,
-    pub(super) queue: JobQueue,
-    pub(super) migrations: MigrationStore,
-    sweeps: SweepStore,
-    types: ShardTypes,
-    materializer: Arc<dyn Materializer>,
+    topology: TopologyService,
+    migrations: Migrations,
+    queue: JobQueue,
     tokens: AdminTokens,
     server_name: String,
-}
-
-impl Manager {
-    fn version_response(
-        &self,
-        stored_version: u64,
-        routing_version: u64,
-    ) -> pb::GetVersionResponse {
-        pb::GetVersionResponse {
-            stored_version,
-            routing_version,
-            server: self.server_name.clone(),
-            lease_valid: self.routing.lease_holds(),
-            confirmed_age_ms: self
-                .routing
-                .confirmed_age()
-                .map_or(u64::MAX, |age| age.as_millis() as u64),
-            server_id: self.routing.identity().id.clone(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Manager {
@@ -89,16 +36,12 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-/// What a [`Manager`] works on.
-#[derive(Clone)]
+/// The services a [`Manager`] serves.
+#[derive(Clone, Debug)]
 pub struct ManagerParts {
-    pub nameserver: NameServer,
-    pub routing: Arc<Routing>,
+    pub topology: TopologyService,
+    pub migrations: Migrations,
     pub queue: JobQueue,
-    pub migrations: MigrationStore,
-    pub sweeps: SweepStore,
-    pub types: ShardTypes,
-    pub materializer: Arc<dyn Materializer>,
 }
 
 impl Manager {
@@ -106,60 +49,17 @@ impl Manager {
     /// `authorization: Bearer <token>` (checked by [`Manager::into_server`]).
     pub fn new(parts: ManagerParts, tokens: AdminTokens, server_name: String) -> Self {
         let ManagerParts {
-            nameserver,
-            routing,
-            queue,
+            topology,
             migrations,
-            sweeps,
-            types,
-            materializer,
+            queue,
         } = parts;
         Self {
-            nameserver,
-            routing,
-            queue,
+            topology,
             migrations,
-            sweeps,
-            types,
-            materializer,
+            queue,
             tokens,
             server_name,
         }
-    }
-
-    /// Creates the tables of the leaf shards a batch creates, before the batch is applied,
-    /// so a shard never routes writes to a table that does not exist.
-    async fn materialize_new_leaves(&self, changes: &[Change]) -> Result<(), Status> {
-        let leaves: Vec<&ShardInfo> = changes
-            .iter()
-            .filter_map(|change| match change {
-                Change::CreateShard(info) if self.types.is_leaf(&info.class_name) => Some(info),
-                _ => None,
-            })
-            .collect();
-        if leaves.is_empty() {
-            return Ok(());
-        }
-        let topology = self.nameserver.load().await.map_err(nameserver_status)?;
-        for info in leaves {
-            let host = changes
-                .iter()
-                .find_map(|change| match change {
-                    Change::SetHost(host) if host.name == info.id.hostname => Some(host),
-                    _ => None,
-                })
-                .or_else(|| topology.hosts.get(&info.id.hostname));
-            // An unknown host is left to validation, which names it.
-            if let Some(host) = host {
-                self.materializer
-                    .materialize(info, host)
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!("create the tables of shard {}: {e}", info.id))
-                    })?;
-            }
-        }
-        Ok(())
     }
 
     /// Returns the tonic server for this service behind its token check, which runs on a
@@ -172,41 +72,38 @@ impl Manager {
             .max_decoding_message_size(64 << 20);
         Guarded::new(server, tokens)
     }
-}
 
-pub(super) fn nameserver_status(err: NameServerError) -> Status {
-    match &err {
-        // Requests that could never be right as sent: the caller must change them.
-        NameServerError::Rejected {
-            source: TopologyError::HostHoldsShards { .. },
-            ..
-        }
-        | NameServerError::Invalid(
-            TopologyError::MixedClasses { .. } | TopologyError::InvalidHost { .. },
-        ) => Status::invalid_argument(err.to_string()),
-        NameServerError::Rejected { .. } | NameServerError::Invalid(_) => {
-            Status::failed_precondition(err.to_string())
-        }
-        NameServerError::MaybeApplied(_) => Status::deadline_exceeded(err.to_string()),
-        NameServerError::Corrupt { .. } => Status::internal(err.to_string()),
-        NameServerError::Db(_) | NameServerError::Unsettled(_) => {
-            Status::unavailable(err.to_string())
+    fn version_response(&self, status: RoutingStatus) -> pb::GetVersionResponse {
+        pb::GetVersionResponse {
+            stored_version: status.stored_version,
+            routing_version: status.routing_version,
+            server: self.server_name.clone(),
+            lease_valid: status.lease_holds,
+            confirmed_age_ms: status
+                .confirmed_age
+                .map_or(u64::MAX, |age| age.as_millis() as u64),
+            server_id: status.server_id,
         }
     }
-}
 
-pub(super) fn queue_status(err: QueueError) -> Status {
-    match &err {
-        QueueError::InvalidJob(_) | QueueError::Parse(_) => {
-            Status::invalid_argument(err.to_string())
-        }
-        QueueError::MaybeApplied { .. } => Status::deadline_exceeded(err.to_string()),
-        _ => Status::unavailable(err.to_string()),
+    async fn queue_status(&self) -> Result<Response<pb::QueueStatus>, Status> {
+        let paused = self.queue.paused().await?;
+        let depth = self.queue.depth().await?;
+        Ok(Response::new(pb::QueueStatus {
+            paused: paused
+                .into_iter()
+                .map(|p| convert::priority_to_pb(p) as i32)
+                .collect(),
+            depth: depth
+                .into_iter()
+                .map(|((priority, state), count)| pb::QueueDepth {
+                    priority: convert::priority_to_pb(priority) as i32,
+                    state: convert::job_state_to_pb(state) as i32,
+                    count,
+                })
+                .collect(),
+        }))
     }
-}
-
-fn topology_status(err: TopologyError) -> Status {
-    Status::not_found(err.to_string())
 }
 
 fn job_filter(state: i32, priority: i32, shard: String, limit: u32) -> Result<JobFilter, Status> {
@@ -225,7 +122,7 @@ fn job_filter(state: i32, priority: i32, shard: String, limit: u32) -> Result<Jo
 #[tonic::async_trait]
 impl ShardManager for Manager {
     async fn dump(&self, _: Request<pb::DumpRequest>) -> Result<Response<pb::Topology>, Status> {
-        let topology = self.nameserver.load().await.map_err(nameserver_status)?;
+        let topology = self.topology.dump().await?;
         Ok(Response::new(convert::topology_to_pb(&topology)))
     }
 
@@ -240,20 +137,7 @@ impl ShardManager for Manager {
             .enumerate()
             .map(|(i, c)| convert::change(i, c))
             .collect::<Result<Vec<_>, _>>()?;
-        if changes.is_empty() {
-            return Err(Status::invalid_argument("changes is empty"));
-        }
-        self.materialize_new_leaves(&changes).await?;
-        let version = self
-            .nameserver
-            .apply(&changes, &self.types)
-            .await
-            .map_err(nameserver_status)?;
-        tracing::info!(version, changes = changes.len(), "topology changed");
-        // This server sees its own change at once; the others within their poll interval.
-        if let Err(err) = self.routing.reload().await {
-            tracing::warn!(error = %err, "reload after a change failed; the poller will retry");
-        }
+        let version = self.topology.apply(&changes).await?;
         Ok(Response::new(pb::ApplyResponse { version }))
     }
 
@@ -262,28 +146,15 @@ impl ShardManager for Manager {
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let pb::LookupRequest { table_id, key } = request.into_inner();
-        let snapshot = self.routing.current();
-        let hash = hash(key);
-        let root = snapshot.lookup(table_id, hash).ok_or_else(|| {
-            Status::not_found(format!(
-                "table {table_id} has no forwarding for hash {hash}"
-            ))
-        })?;
-        let base_id = snapshot
-            .topology
-            .forwardings
-            .range((table_id, i64::MIN)..=(table_id, hash))
-            .next_back()
-            .map_or(0, |(&(_, base), _)| base);
-        let tree = snapshot.tree(root).map_err(topology_status)?;
+        let lookup = self.topology.lookup(table_id, key)?;
         Ok(Response::new(pb::LookupResponse {
-            hash,
+            hash: lookup.hash,
             forwarding: Some(pb::Forwarding {
                 table_id,
-                base_id,
-                shard_id: root.to_string(),
+                base_id: lookup.base_id,
+                shard_id: lookup.root.to_string(),
             }),
-            tree: Some(convert::tree_to_pb(&tree, 0)),
+            tree: Some(convert::tree_to_pb(&lookup.tree, 0)),
         }))
     }
 
@@ -292,7 +163,7 @@ impl ShardManager for Manager {
         request: Request<pb::TreeRequest>,
     ) -> Result<Response<pb::TreeNode>, Status> {
         let id = convert::shard_id("shard_id", &request.into_inner().shard_id)?;
-        let tree = self.routing.current().tree(&id).map_err(topology_status)?;
+        let tree = self.topology.tree(&id)?;
         Ok(Response::new(convert::tree_to_pb(&tree, 0)))
     }
 
@@ -300,30 +171,23 @@ impl ShardManager for Manager {
         &self,
         _: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
-        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
-        Ok(Response::new(self.version_response(
-            stored_version,
-            self.routing.current().version,
-        )))
+        let status = self.topology.status().await?;
+        Ok(Response::new(self.version_response(status)))
     }
 
     async fn reload(
         &self,
         _: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
-        let routing_version = self.routing.reload().await.map_err(nameserver_status)?;
-        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
-        Ok(Response::new(
-            self.version_response(stored_version, routing_version),
-        ))
+        let status = self.topology.reload().await?;
+        Ok(Response::new(self.version_response(status)))
     }
 
     async fn list_servers(
         &self,
         _: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, Status> {
-        let servers = self.nameserver.servers().await.map_err(nameserver_status)?;
-        let stored_version = self.nameserver.version().await.map_err(nameserver_status)?;
+        let (servers, stored_version) = self.topology.servers().await?;
         Ok(Response::new(pb::ListServersResponse {
             servers: servers.iter().map(convert::server_to_pb).collect(),
             stored_version,
@@ -334,11 +198,7 @@ impl ShardManager for Manager {
         &self,
         _: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        let sweeps = self
-            .sweeps
-            .list()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let sweeps = self.migrations.sweeps().await?;
         Ok(Response::new(pb::ListSweepsResponse {
             sweeps: sweeps.iter().map(convert::sweep_to_pb).collect(),
         }))
@@ -348,7 +208,7 @@ impl ShardManager for Manager {
         &self,
         _: Request<pb::ListRetiredRequest>,
     ) -> Result<Response<pb::ListRetiredResponse>, Status> {
-        let retired = self.nameserver.retired().await.map_err(nameserver_status)?;
+        let retired = self.topology.retired().await?;
         Ok(Response::new(pb::ListRetiredResponse {
             shards: retired.iter().map(convert::retired_to_pb).collect(),
         }))
@@ -360,7 +220,7 @@ impl ShardManager for Manager {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = request.into_inner();
         let filter = job_filter(r.state, r.priority, r.shard, r.limit)?;
-        let jobs = self.queue.list(&filter).await.map_err(queue_status)?;
+        let jobs = self.queue.list(&filter).await?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(convert::job_to_pb).collect(),
         }))
@@ -376,7 +236,7 @@ impl ShardManager for Manager {
         } else {
             RetryTarget::Ids(ids)
         };
-        let count = self.queue.retry_now(&target).await.map_err(queue_status)?;
+        let count = self.queue.retry_now(&target).await?;
         Ok(Response::new(pb::CountResponse { count }))
     }
 
@@ -389,7 +249,7 @@ impl ShardManager for Manager {
         filter.limit = None;
         if !r.ids.is_empty() {
             let ids = job_ids(&r.ids)?;
-            let count = self.queue.purge_ids(&ids).await.map_err(queue_status)?;
+            let count = self.queue.purge_ids(&ids).await?;
             return Ok(Response::new(pb::CountResponse { count }));
         }
         if filter.state.is_none() && filter.priority.is_none() && filter.shard.is_none() {
@@ -397,7 +257,7 @@ impl ShardManager for Manager {
                 "purge needs ids, a state, a priority or a shard: refusing to purge every job",
             ));
         }
-        let count = self.queue.purge(&filter).await.map_err(queue_status)?;
+        let count = self.queue.purge(&filter).await?;
         Ok(Response::new(pb::CountResponse { count }))
     }
 
@@ -406,7 +266,7 @@ impl ShardManager for Manager {
         request: Request<pb::QueueControlRequest>,
     ) -> Result<Response<pb::QueueStatus>, Status> {
         for priority in priorities(request.into_inner().priority)? {
-            self.queue.pause(priority).await.map_err(queue_status)?;
+            self.queue.pause(priority).await?;
         }
         self.queue_status().await
     }
@@ -416,7 +276,7 @@ impl ShardManager for Manager {
         request: Request<pb::QueueControlRequest>,
     ) -> Result<Response<pb::QueueStatus>, Status> {
         for priority in priorities(request.into_inner().priority)? {
-            self.queue.resume(priority).await.map_err(queue_status)?;
+            self.queue.resume(priority).await?;
         }
         self.queue_status().await
     }
@@ -425,32 +285,39 @@ impl ShardManager for Manager {
         &self,
         request: Request<pb::StartMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
-        self.start(request.into_inner()).await.map(Response::new)
+        let request = convert::migration_request(request.into_inner())?;
+        let started = self.migrations.start(request).await?;
+        Ok(Response::new(convert::started_to_pb(&started)))
     }
 
     async fn get_migration(
         &self,
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
-        self.migration(request.into_inner().id)
-            .await
-            .map(Response::new)
+        let tree = self.migrations.get(request.into_inner().id).await?;
+        Ok(Response::new(convert::migration_tree_to_pb(&tree)))
     }
 
     async fn list_migrations(
         &self,
         request: Request<pb::ListMigrationsRequest>,
     ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
-        self.list(request.into_inner()).await.map(Response::new)
+        let pb::ListMigrationsRequest {
+            running_only,
+            limit,
+        } = request.into_inner();
+        let migrations = self.migrations.list(running_only, limit).await?;
+        Ok(Response::new(pb::ListMigrationsResponse {
+            migrations: migrations.iter().map(convert::migration_to_pb).collect(),
+        }))
     }
 
     async fn cancel_migration(
         &self,
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
-        self.cancel(request.into_inner().id)
-            .await
-            .map(Response::new)
+        let tree = self.migrations.cancel(request.into_inner().id).await?;
+        Ok(Response::new(convert::migration_tree_to_pb(&tree)))
     }
 
     async fn get_queue_status(
@@ -474,25 +341,4 @@ fn priorities(value: i32) -> Result<Vec<crate::scheduler::Priority>, Status> {
         Some(p) => vec![p],
         None => crate::scheduler::Priority::ALL.to_vec(),
     })
-}
-
-impl Manager {
-    async fn queue_status(&self) -> Result<Response<pb::QueueStatus>, Status> {
-        let paused = self.queue.paused().await.map_err(queue_status)?;
-        let depth = self.queue.depth().await.map_err(queue_status)?;
-        Ok(Response::new(pb::QueueStatus {
-            paused: paused
-                .into_iter()
-                .map(|p| convert::priority_to_pb(p) as i32)
-                .collect(),
-            depth: depth
-                .into_iter()
-                .map(|((priority, state), count)| pb::QueueDepth {
-                    priority: convert::priority_to_pb(priority) as i32,
-                    state: convert::job_state_to_pb(state) as i32,
-                    count,
-                })
-                .collect(),
-        }))
-    }
 }

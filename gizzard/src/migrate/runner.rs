@@ -34,6 +34,7 @@ use crate::{
     },
     scheduler::{ClaimedJob, JobFailure, JobFuture, JobQueue, JobRunner, NewJob, Priority},
     shards::{PhysicalShard, ShardError, ShardRouter},
+    topology::TopologyService,
 };
 
 /// The job type of migrations.
@@ -119,6 +120,7 @@ struct Inner<S> {
     nameserver: NameServer,
     routing: Arc<Routing>,
     router: Arc<ShardRouter<S>>,
+    topology: TopologyService,
     queue: JobQueue,
     store: MigrationStore,
     settings: MigrationSettings,
@@ -136,6 +138,7 @@ impl<S: PhysicalShard> Migrator<S> {
             inner: Arc::new(Inner {
                 nameserver: routing.nameserver().clone(),
                 routing,
+                topology: TopologyService::for_router(router.clone()),
                 router,
                 queue,
                 store,
@@ -315,48 +318,19 @@ impl<S: PhysicalShard> Run<'_, S> {
     }
 
     async fn topology(&self) -> Result<Arc<Topology>, Stop> {
-        let snapshot = self.inner().routing.current();
-        if snapshot.version == self.inner().nameserver.version().await.map_err(retry)? {
-            return Ok(snapshot.topology.clone());
-        }
-        self.inner().routing.reload().await.map_err(retry)?;
-        Ok(self.inner().routing.current().topology.clone())
+        self.inner().topology.current().await.map_err(retry)
     }
 
-    /// Creates the tables of new leaves, applies `changes` as one batch and reloads.
+    /// Applies `changes` as one batch, creating the tables of new leaves first.
     async fn apply(&self, changes: &[Change]) -> Result<(), Stop> {
-        let inner = self.inner();
-        let topology = self.topology().await?;
-        for change in changes {
-            if let Change::CreateShard(info) = change
-                && let Some(host) = topology.hosts.get(&info.id.hostname)
-                && inner
-                    .router
-                    .registry()
-                    .shard_types()
-                    .is_leaf(&info.class_name)
-            {
-                inner
-                    .router
-                    .materialize(info, host)
-                    .await
-                    .map_err(|e| Stop::Retry(format!("create {}: {e}", info.id)))?;
-            }
+        match self.inner().topology.apply(changes).await {
+            Ok(_) => Ok(()),
+            Err(err) => match err.topology_error() {
+                // A namesake of a new leaf was just retired: its fence comes within a lease.
+                Some(TopologyError::StillRetiring(_)) | None => Err(retry(err)),
+                Some(_) => Err(Stop::Failed(format!("topology change refused: {err}"))),
+            },
         }
-        let types = inner.router.registry().shard_types();
-        match inner.nameserver.apply(changes, &types).await {
-            Ok(version) => tracing::info!(migration = self.id, version, "topology changed"),
-            // A namesake of a new leaf was just retired: its fence comes within a lease.
-            Err(err) if matches!(err.topology_error(), Some(TopologyError::StillRetiring(_))) => {
-                return Err(retry(err));
-            }
-            Err(err) if err.topology_error().is_some() => {
-                return Err(Stop::Failed(format!("topology change refused: {err}")));
-            }
-            Err(err) => return Err(retry(err)),
-        }
-        inner.routing.reload().await.map_err(retry)?;
-        Ok(())
     }
 
     async fn leaf(&self, id: &ShardId) -> Result<Arc<S>, Stop> {

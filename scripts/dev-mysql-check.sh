@@ -28,7 +28,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --quiet --locked -p tbird --bin tbird -p snowflake --bin snowflake \
-  -p gizzard --bin gizzmo
+  -p gizzmo --bin gizzmo
 dev up --detach >/dev/null 2>"$DIR.up.log" || { cat "$DIR.up.log" >&2; fail "first up failed"; }
 rm -f "$DIR.up.log"
 pids() { cat "$DIR"/*.pid "$DIR"/mariadb-*/mariadbd.pid | sort | tr '\n' ' '; }

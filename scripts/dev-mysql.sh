@@ -313,7 +313,7 @@ up() {
   if [ "$BUILD" = 1 ]; then
     log "building release binaries (cargo build --release)"
     (cd "$ROOT" && cargo build --release --locked -p tbird --bin tbird \
-      -p snowflake --bin snowflake -p gizzard --bin gizzmo) || die "cargo build failed"
+      -p snowflake --bin snowflake -p gizzmo --bin gizzmo) || die "cargo build failed"
   fi
   for bin in tbird snowflake gizzmo; do
     [ -x "$TARGET/$bin" ] || die "$TARGET/$bin is missing: run without --no-build"

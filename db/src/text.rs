@@ -1,11 +1,12 @@
-//! Text that leaves a process: every URL with its secrets redacted ([`redact`]), and client
-//! input echoed within a bound ([`bounded`]).
+//! Text that leaves a process: every URL with its secrets redacted ([`redact`]), client
+//! input echoed within a bound ([`bounded`]), and an error with its causes, each named once
+//! ([`causes`]).
 //!
 //! Database URLs carry passwords (`mysql://user:PASSWORD@host/db`, or a `password=` query
 //! parameter), and they reach logs, error messages and admin responses. Everything that prints
 //! a URL, or an error that may hold one, passes it through [`redact`] first.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, error::Error};
 
 /// What replaces a secret.
 pub const REDACTED: &str = "***";
@@ -134,6 +135,36 @@ pub fn bounded(input: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// Returns `err` and its chain of sources as `err: cause: cause`, each cause named once.
+///
+/// Some errors print their source inside their own message as well (mysql_async's: `Input/output
+/// error: Input/output error: Connection refused`; tonic's transport errors), so a message that
+/// ends with `: ` and its source's text is cut before it, and a part equal to the one before
+/// it is left out.
+pub fn causes(err: &(dyn Error + 'static)) -> String {
+    let texts: Vec<String> = std::iter::successors(Some(err), |&cause| cause.source())
+        .map(ToString::to_string)
+        .collect();
+    let mut parts: Vec<&str> = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let own = texts
+            .get(i + 1)
+            .and_then(|source| text.strip_suffix(source.as_str()))
+            .and_then(|rest| {
+                if rest.is_empty() {
+                    Some(rest)
+                } else {
+                    rest.strip_suffix(": ")
+                }
+            })
+            .unwrap_or(text);
+        if !own.is_empty() && parts.last() != Some(&own) {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +216,17 @@ mod tests {
              also mysql://a:***@c/d, and ://x:y@z"
         );
         assert!(matches!(redact("no urls here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_driver_error_that_repeats_its_source_names_it_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = mysql_async::Error::from(refused);
+        assert_eq!(
+            err.to_string(),
+            "Input/output error: Input/output error: connection refused"
+        );
+        assert_eq!(causes(&err), "Input/output error: connection refused");
     }
 
     #[test]

@@ -17,10 +17,8 @@
 //!   services, and the gRPC status of every Gizzard error.
 //! - [`metrics`]: the `# HELP` text of every series Gizzard emits.
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
-//! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
 
 pub use db;
-pub mod gizzmo;
 pub mod manager;
 pub mod metrics;
 pub mod migrate;

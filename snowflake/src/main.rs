@@ -234,24 +234,10 @@ fn main() -> std::process::ExitCode {
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_text(&err));
+            eprintln!("error: {}", daemon::error_chain(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Returns the error and its causes on one line, skipping a cause whose text the message
-/// before it already ends with (our errors name their cause in their own message), with the
-/// secrets of any URL in it redacted.
-fn error_text(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if parts.last().is_none_or(|last| !last.ends_with(&text)) {
-            parts.push(text);
-        }
-    }
-    db::text::redact(&parts.join(": ")).into_owned()
 }
 
 fn start() -> anyhow::Result<()> {

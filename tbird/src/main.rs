@@ -436,7 +436,7 @@ fn main() -> std::process::ExitCode {
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", gizzard::gizzmo::error_text(&err));
+            eprintln!("error: {}", daemon::error_chain(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -771,7 +771,7 @@ fn commands() -> (String, String) {
         .map(|path| path.with_file_name("gizzmo"))
         .filter(|path| path.is_file())
         .map_or_else(
-            || "cargo run --release -p gizzard --bin gizzmo --".to_owned(),
+            || "cargo run --release -p gizzmo --".to_owned(),
             |path| shell_quote_path(&path),
         );
     (tbird, gizzmo)

@@ -148,7 +148,7 @@ async fn tweets_and_admin_round_trip_over_tls_and_refuse_clients_without_a_certi
         .expect_err("plaintext to a TLS port");
     assert!(!err.is_empty());
 
-    let mut admin = gizzard::gizzmo::client::connect(
+    let mut admin = gizzmo::client::connect(
         &server.admin,
         &certs.client(true),
         None,
@@ -161,7 +161,7 @@ async fn tweets_and_admin_round_trip_over_tls_and_refuse_clients_without_a_certi
         .await
         .expect("the ShardManager answers over TLS");
     assert!(version.into_inner().stored_version > 0);
-    let refused = match gizzard::gizzmo::client::connect(
+    let refused = match gizzmo::client::connect(
         &server.admin,
         &certs.client(false),
         None,

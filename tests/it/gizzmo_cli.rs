@@ -126,7 +126,7 @@ impl Cluster {
 }
 
 async fn gizzmo(args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(tests::binary::path("gizzard", "gizzmo"));
+    let mut command = std::process::Command::new(tests::binary::path("gizzmo", "gizzmo"));
     command
         .args(args)
         .env_remove("GIZZMO_ADDR")

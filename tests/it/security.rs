@@ -62,7 +62,7 @@ fn help_and_errors_print_no_secret() {
             &["serve", "--help"],
             "SNOWFLAKE_LEASE_URL",
         ),
-        ("gizzard", "gizzmo", &["--help"], "GIZZMO_TOKEN"),
+        ("gizzmo", "gizzmo", &["--help"], "GIZZMO_TOKEN"),
     ] {
         let output = run_with_env(package, name, args, &secret_env);
         let help = text(&output);
@@ -230,7 +230,7 @@ async fn the_admin_service_is_closed_and_hands_out_no_password() {
         &read_file,
     ];
     let gizzmo_as_reader =
-        |args: &[&str]| tests::stack::run("gizzard", "gizzmo", &[&reader[..], args].concat());
+        |args: &[&str]| tests::stack::run("gizzmo", "gizzmo", &[&reader[..], args].concat());
     for read in [
         &["hosts"][..],
         &["tree", "1"],

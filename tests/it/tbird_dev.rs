@@ -119,7 +119,7 @@ fn shell(line: &str) -> Output {
 #[test]
 fn tbird_dev_prints_commands_that_run_at_once_and_json_pages() {
     // gizzmo beside tbird, as a workspace build leaves it: dev names it by its path.
-    tests::binary::path("gizzard", "gizzmo");
+    tests::binary::path("gizzmo", "gizzmo");
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin) = (free_port(), free_port());
     let addr = format!("127.0.0.1:{port}");

@@ -222,7 +222,7 @@ async fn gizzmo_rebalances_two_hosts_onto_three_under_load() {
     let gizzmo = move |args: &[&str]| {
         let mut all = vec!["--addr", admin.as_str()];
         all.extend_from_slice(args);
-        std::process::Command::new(tests::binary::path("gizzard", "gizzmo"))
+        std::process::Command::new(tests::binary::path("gizzmo", "gizzmo"))
             .args(&all)
             .output()
             .expect("run gizzmo")

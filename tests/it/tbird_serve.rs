@@ -11,7 +11,7 @@ async fn tbird_serve_with_snowflake_and_mariadb() {
 
     // Changes need the server's admin token (the stack's gizzmo calls carry it).
     let refused = run(
-        "gizzard",
+        "gizzmo",
         "gizzmo",
         &[
             "--addr",

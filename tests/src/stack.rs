@@ -272,7 +272,7 @@ impl TbirdStack {
     pub fn gizzmo(&self, args: &[&str]) -> Output {
         let mut all = vec!["--addr", self.admin_addr.as_str(), "--token", ADMIN_TOKEN];
         all.extend_from_slice(args);
-        run("gizzard", "gizzmo", &all)
+        run("gizzmo", "gizzmo", &all)
     }
 
     /// Waits until the tbird server answers admin calls (after a start or a restart).

@@ -104,7 +104,7 @@ pub async fn run(
     watch(client, started.id, json).await
 }
 
-fn pair(a: crate::nameserver::ShardId, b: crate::nameserver::ShardId) -> pb::ShardPair {
+fn pair(a: gizzard::nameserver::ShardId, b: gizzard::nameserver::ShardId) -> pb::ShardPair {
     pb::ShardPair {
         a: a.to_string(),
         b: b.to_string(),

@@ -1,10 +1,10 @@
-//! `gizzmo`: Gizzard's admin command line. Parses the flags and runs
-//! [`gizzard::gizzmo::run`]; an error is printed as `error: ...` and exits with status 1.
+//! `gizzmo`: Gizzard's admin command line. Parses the flags and runs [`gizzmo::run`]; an error
+//! is printed as `error: ...` with its causes and exits with status 1.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use gizzard::gizzmo::{self, Cli};
+use gizzmo::Cli;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     match gizzmo::run(cli, &mut stdout).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", gizzmo::error_text(&err));
+            eprintln!("error: {}", daemon::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -4,6 +4,10 @@
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::{Context, bail};
+use gizzard::{
+    manager::convert::change_to_pb,
+    nameserver::{Change, Forwarding, Host, Link, NodeSpec, RoutingSnapshot, ShardId, ShardInfo},
+};
 use proto::gizzard::v1 as pb;
 use serde_json::{Value, json};
 
@@ -11,10 +15,6 @@ use super::{
     Command, CreateTableArgs, JobStateArg, JobsCommand, PriorityArg,
     client::{self, ManagerClient, call_error},
     plan, render,
-};
-use crate::{
-    manager::convert::change_to_pb,
-    nameserver::{Change, Forwarding, Host, Link, NodeSpec, RoutingSnapshot, ShardId, ShardInfo},
 };
 
 /// The flags every command shares.
@@ -106,7 +106,7 @@ async fn execute(global: &Global, command: Command) -> anyhow::Result<String> {
 
 /// Returns a summary and the batch of changes of a command that edits the topology.
 fn changes(
-    topology: &crate::nameserver::Topology,
+    topology: &gizzard::nameserver::Topology,
     command: Command,
 ) -> anyhow::Result<(String, Vec<Change>)> {
     let busy = |shard: ShardId, busy: bool| Change::SetBusy { id: shard, busy };
@@ -227,7 +227,7 @@ fn changes(
 }
 
 fn create_table(
-    topology: &crate::nameserver::Topology,
+    topology: &gizzard::nameserver::Topology,
     args: CreateTableArgs,
 ) -> anyhow::Result<(String, Vec<Change>)> {
     let spec = plan::TableSpec {
@@ -280,7 +280,7 @@ fn hosts(topology: &pb::Topology, json: bool) -> String {
             .map(|h| {
                 json!({
                     "name": h.name,
-                    "url": crate::db::text::redact(&h.url),
+                    "url": db::text::redact(&h.url),
                     "read_weight": h.read_weight,
                     "write_weight": h.write_weight,
                 })
@@ -294,7 +294,7 @@ fn hosts(topology: &pb::Topology, json: bool) -> String {
         .map(|h| {
             vec![
                 h.name.clone(),
-                crate::db::text::redact(&h.url).into_owned(),
+                db::text::redact(&h.url).into_owned(),
                 h.read_weight.to_string(),
                 h.write_weight.to_string(),
             ]
@@ -448,7 +448,7 @@ async fn table_trees(client: &mut ManagerClient, table: i32, json: bool) -> anyh
 }
 
 fn tree_to_pb(spec: &NodeSpec, weight: u32) -> pb::TreeNode {
-    crate::manager::convert::tree_to_pb(spec, weight)
+    gizzard::manager::convert::tree_to_pb(spec, weight)
 }
 
 async fn lookup(
@@ -726,7 +726,10 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
                     ));
                 }
             }
-            Err(err) => problems.push(format!("{addr} did not answer: {}", super::error_text(err))),
+            Err(err) => problems.push(format!(
+                "{addr} did not answer: {}",
+                daemon::error_chain(err.as_ref())
+            )),
         }
     }
     if routing.len() > 1 {
@@ -749,7 +752,7 @@ async fn ping(global: &Global, addrs: Vec<String>, out: &mut dyn Write) -> anyho
                     value["addr"] = json!(addr);
                     value
                 }
-                Err(err) => json!({ "addr": addr, "error": super::error_text(err) }),
+                Err(err) => json!({ "addr": addr, "error": daemon::error_chain(err.as_ref()) }),
             })
             .collect();
         pretty(&json!({ "agree": problems.is_empty(), "servers": servers }))

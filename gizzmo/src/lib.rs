@@ -1,6 +1,7 @@
 //! `gizzmo`, Gizzard's admin command line: reads and edits the topology, looks up keys,
 //! checks that servers route the same version, and controls the job queue, all through a
-//! proxy's `gizzard.v1.ShardManager` service. The binary only parses flags and calls [`run`].
+//! proxy's `gizzard.v1.ShardManager` service. A crate of its own so that applications embedding
+//! Gizzard do not build a command line; the binary only parses flags and calls [`run`].
 //!
 //! - this module: the flags and commands ([`Cli`]).
 //! - [`client`]: the connection, with a deadline on every call and the bearer token.
@@ -18,9 +19,8 @@ mod render;
 use std::{io::Write, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use gizzard::nameserver::{MAX_HASH, ShardId};
 use proto::gizzard::v1 as pb;
-
-use crate::nameserver::{MAX_HASH, ShardId};
 
 /// The flags and command of one `gizzmo` run.
 #[derive(Debug, Parser)]
@@ -529,7 +529,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     } = cli;
     let token = match token_file {
         Some(path) => {
-            Some(crate::manager::auth::read_token_file(&path).map_err(|e| anyhow::anyhow!(e))?)
+            Some(gizzard::manager::auth::read_token_file(&path).map_err(|e| anyhow::anyhow!(e))?)
         }
         None => token,
     };
@@ -545,20 +545,6 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         },
     };
     commands::run(&global, command, out).await
-}
-
-/// Returns the text of an error with its causes, `: `-separated, leaving out a cause that
-/// repeats the one before it (transport errors often nest the same message), with the
-/// secrets of any URL in it redacted.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if parts.last().is_none_or(|last| !last.ends_with(&text)) {
-            parts.push(text);
-        }
-    }
-    crate::db::text::redact(&parts.join(": ")).into_owned()
 }
 
 #[cfg(test)]
@@ -579,17 +565,6 @@ mod tests {
         described(&Cli::command());
         let missing = daemon::config::undocumented_args(&Cli::command());
         assert!(missing.is_empty(), "{missing:#?}");
-    }
-
-    #[test]
-    fn error_text_drops_repeated_causes() {
-        let err = anyhow::anyhow!("tcp connect error")
-            .context("tcp connect error")
-            .context("connect to 127.0.0.1:1");
-        assert_eq!(
-            error_text(&err),
-            "connect to 127.0.0.1:1: tcp connect error"
-        );
     }
 
     #[test]

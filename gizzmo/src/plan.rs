@@ -7,12 +7,11 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, bail, ensure};
 use clap::ValueEnum;
-use proto::gizzard::v1 as pb;
-
-use crate::nameserver::{
+use gizzard::nameserver::{
     Change, Forwarding, Host, Link, NodeKind, ShardId, ShardInfo, Topology, VIRTUAL_HOST,
     replicated_table,
 };
+use proto::gizzard::v1 as pb;
 
 /// The most forwardings `create-table` makes for one table.
 pub const MAX_TABLE_SHARDS: u32 = 65_536;
@@ -343,8 +342,7 @@ fn retarget_forwardings(topology: &Topology, from: &ShardId, to: &ShardId) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nameserver::MAX_HASH;
-    use crate::nameserver::base_ids;
+    use gizzard::nameserver::{MAX_HASH, base_ids};
 
     fn id(s: &str) -> ShardId {
         s.parse().expect("valid shard id")

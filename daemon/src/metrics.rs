@@ -34,11 +34,16 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 /// How often histograms are drained into their summaries when nothing scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Why metrics could not be served.
+/// Why metrics could not be served. It ends the daemon, whose exit message prints the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("serve metrics on {addr}: {reason}")]
-    Install { addr: SocketAddr, reason: String },
+    #[error("listen for metrics on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("install the metrics recorder")]
+    Recorder(#[source] metrics_exporter_prometheus::BuildError),
 }
 
 /// A metrics address, or `off`: the value of `metrics-listen` in every config file, flag and
@@ -78,16 +83,13 @@ pub async fn install(
     buckets: &[f64],
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
-    let err = |reason: String| MetricsError::Install { addr, reason };
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let bound = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    let listen_err = |source| MetricsError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+    let bound = listener.local_addr().map_err(listen_err)?;
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), buckets)
-        .map_err(|e| err(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| err(e.to_string()))?;
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(MetricsError::Recorder)?;
     let upkeep = handle.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -42,21 +42,38 @@ const STMT_CACHE_SIZE: usize = 64;
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 /// Why a database operation failed.
+///
+/// The message names the driver's error with its causes ([`text::causes`]) and there is no
+/// `source`: database errors reach gRPC statuses and log lines, which print one error's
+/// message, so the cause must be in it.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// `url` is redacted ([`text::redact`]).
     #[error("invalid database url {url:?}: {reason}")]
     Url { url: String, reason: String },
-    #[error("mysql: {0}")]
-    Mysql(#[from] mysql_async::Error),
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("mysql: {}", text::causes(.0))]
+    Mysql(mysql_async::Error),
+    #[error("sqlite: {}", text::causes(.0))]
+    Sqlite(rusqlite::Error),
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
+    /// The blocking thread of a SQLite operation panicked or was cancelled.
     #[error("database task failed: {0}")]
-    Task(String),
+    Task(tokio::task::JoinError),
     #[error("unreadable value: {0}")]
     Value(String),
+}
+
+impl From<mysql_async::Error> for DbError {
+    fn from(err: mysql_async::Error) -> Self {
+        Self::Mysql(err)
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Sqlite(err)
+    }
 }
 
 /// A connection pool (MySQL) or a connection (SQLite), with a deadline per operation.
@@ -140,7 +157,7 @@ impl Database {
             let path = PathBuf::from(path);
             let conn = tokio::task::spawn_blocking(move || open_sqlite(&path, timeout))
                 .await
-                .map_err(|e| DbError::Task(e.to_string()))??;
+                .map_err(DbError::Task)??;
             Ok(Self::Sqlite {
                 conn: Arc::new(Mutex::new(conn)),
                 timeout,
@@ -221,7 +238,7 @@ impl Database {
         });
         match tokio::time::timeout(*timeout, task).await {
             Ok(Ok(result)) => result.map_err(DbError::from),
-            Ok(Err(join)) => Err(DbError::Task(join.to_string())),
+            Ok(Err(join)) => Err(DbError::Task(join)),
             Err(_) => Err(DbError::Timeout(*timeout)),
         }
     }

@@ -30,13 +30,21 @@ impl ClientTls {
     }
 }
 
-/// Why a client could not be set up.
+/// Why a client could not be set up. Each variant states what was wrong or being done, and
+/// holds a cause from elsewhere as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("read TLS file {}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--tls-cert and --tls-key go together")]
+    CertWithoutKey,
+    #[error("load the TLS files")]
+    Tls(#[source] tonic::transport::Error),
 }
 
 /// Returns the endpoint of `addr` (`HOST:PORT`, `http://...` or `https://...`), with TLS by the
@@ -70,12 +78,15 @@ pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, ClientError> {
     }
     endpoint
         .tls_config(tls_config(tls)?)
-        .map_err(|e| ClientError::Tls(e.to_string()))
+        .map_err(ClientError::Tls)
 }
 
 fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, ClientError> {
     let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|e| ClientError::Tls(format!("read {}: {e}", path.display())))
+        std::fs::read(path).map_err(|source| ClientError::TlsFile {
+            path: path.clone(),
+            source,
+        })
     };
     let mut config = ClientTlsConfig::new();
     config = match &tls.ca {
@@ -88,9 +99,7 @@ fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, ClientError> {
         }
         (None, None) => {}
         _ => {
-            return Err(ClientError::Tls(
-                "--tls-cert and --tls-key go together".into(),
-            ));
+            return Err(ClientError::CertWithoutKey);
         }
     }
     Ok(config)

@@ -18,17 +18,23 @@ use crate::{
     settings::Settings,
 };
 
-/// Why a port could not be served.
+/// Why a port could not be served. It ends the process, whose exit message prints the chain
+/// of causes, so each variant states what was being done and holds the cause as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("invalid settings: {0}")]
     Settings(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("build the reflection service: {0}")]
+    #[error("read TLS file {}", path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("load the TLS certificate and key")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("serve gRPC: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error("serve gRPC")]
+    Serve(#[source] tonic::transport::Error),
 }
 
 /// The name of the health service, as health and reflection list it.
@@ -146,7 +152,9 @@ impl Port {
             .http2_keepalive_timeout(Some(settings.keepalive_timeout))
             .max_concurrent_streams(settings.max_concurrent_streams);
         if let Some(tls) = &settings.tls {
-            server = server.tls_config(tls.load(settings.handshake_timeout)?)?;
+            server = server
+                .tls_config(tls.load(settings.handshake_timeout)?)
+                .map_err(EdgeError::Tls)?;
         }
         let timeouts = Timeouts {
             handshake: settings.handshake_timeout,
@@ -159,7 +167,7 @@ impl Port {
             })
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
-        Ok(())
+            .await
+            .map_err(EdgeError::Serve)
     }
 }

@@ -133,7 +133,10 @@ impl ServerTls {
     /// Reads the files into tonic's server TLS configuration.
     pub fn load(&self, handshake_timeout: Duration) -> Result<ServerTlsConfig, EdgeError> {
         let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|e| EdgeError::Tls(format!("read {}: {e}", path.display())))
+            std::fs::read(path).map_err(|source| EdgeError::TlsFile {
+                path: path.clone(),
+                source,
+            })
         };
         let identity = Identity::from_pem(read(&self.cert)?, read(&self.key)?);
         let mut config = ServerTlsConfig::new()

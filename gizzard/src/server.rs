@@ -125,20 +125,21 @@ impl ProxySettings {
     }
 }
 
-/// Why a proxy could not start.
+/// Why a proxy could not start. It ends the process, whose exit message prints the chain of
+/// causes, so each variant states the step that failed and holds the cause as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Settings(String),
-    #[error("open nameserver database: {0}")]
+    #[error("open nameserver database")]
     Database(#[from] DbError),
-    #[error("open nameserver: {0}")]
+    #[error("open nameserver")]
     NameServer(#[from] NameServerError),
-    #[error("open job queue: {0}")]
+    #[error("open job queue")]
     Queue(#[from] QueueError),
-    #[error("open migrations table: {0}")]
+    #[error("open migrations table")]
     Migrations(#[from] StoreError),
-    #[error("open anti-entropy table: {0}")]
+    #[error("open anti-entropy table")]
     Sweeps(#[from] SweepError),
 }
 

@@ -294,7 +294,7 @@ mod tests {
                 if host.name == "down" {
                     return Err(RouteError::Host {
                         host: host.name.clone(),
-                        source: DbError::Timeout(Duration::from_secs(1)),
+                        cause: DbError::Timeout(Duration::from_secs(1)),
                     });
                 }
                 let made = (info.id.to_string(), host.url.clone());

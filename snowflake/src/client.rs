@@ -15,13 +15,21 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ClientError {
     #[error(transparent)]
     Setup(#[from] edge::client::ClientError),
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}")]
     Connect {
         addr: String,
         source: tonic::transport::Error,
     },
+    /// The daemon's answer, by its message alone: a status's own text repeats the message
+    /// among its code, details and metadata, so it is not the source.
     #[error("snowflake refused: {}", .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(status)
+    }
 }
 
 /// A connection to one daemon; cheap to clone, and clones share the connection.

@@ -103,15 +103,16 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot run, with the setting named.
+/// A configuration that cannot run, with the setting named. It ends the daemon, whose exit
+/// message prints the cause after the file's name.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("read config {path}: {source}")]
+    #[error("read config {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("parse config {path}: {source}")]
+    #[error("parse config {path}")]
     Parse {
         path: String,
         source: toml::de::Error,

@@ -22,7 +22,7 @@ use crate::{
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("lease worker id: {0}")]
+    #[error("lease worker id")]
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),

@@ -44,12 +44,12 @@ pub struct DevSettings {
 /// Why the dev stack could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("create data dir {path}: {source}")]
+    #[error("create data dir {path}")]
     DataDir {
         path: String,
         source: std::io::Error,
     },
-    #[error("start the proxy: {0}")]
+    #[error("start the proxy")]
     Proxy(#[from] gizzard::server::StartError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

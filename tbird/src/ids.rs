@@ -9,18 +9,21 @@ use snowflake::{
     client::Client,
     clock::{Clock, SystemClock},
     id::IdParts,
-    worker::IdWorker,
+    worker::{IdError, IdWorker},
 };
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Why no id could be had.
+/// Why no id could be had. The text becomes a gRPC status, which prints one message, so the
+/// worker's refusal is in it rather than a `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum IdsError {
     #[error("snowflake gave no id within {0:?}")]
     Timeout(Duration),
     #[error("snowflake: {0}")]
-    Refused(String),
+    Refused(IdError),
+    #[error("snowflake: the id prefetcher stopped")]
+    Stopped,
 }
 
 /// How the remote source prefetches.
@@ -80,9 +83,7 @@ impl IdSource {
     /// Returns a fresh id.
     pub async fn next_id(&self) -> Result<u64, IdsError> {
         match self {
-            Self::Local(worker) => worker
-                .next_id()
-                .map_err(|e| IdsError::Refused(e.to_string())),
+            Self::Local(worker) => worker.next_id().map_err(IdsError::Refused),
             Self::Remote(prefetched) => prefetched.next_id().await,
         }
     }
@@ -104,7 +105,7 @@ impl Prefetched {
         };
         match tokio::time::timeout(wait, take).await {
             Ok(Some(id)) => Ok(id),
-            Ok(None) => Err(IdsError::Refused("the prefetcher stopped".into())),
+            Ok(None) => Err(IdsError::Stopped),
             Err(_) => Err(IdsError::Timeout(wait)),
         }
     }

@@ -169,18 +169,33 @@ impl Default for ServerConfig {
     }
 }
 
-/// Why the server could not start or stopped.
+/// Why the server could not start or stopped. It ends the process, whose exit message prints
+/// the chain of causes, so each variant states what was being done and holds the cause as its
+/// source.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("read config {path}: {reason}")]
-    Config { path: String, reason: String },
+    #[error("read config {path}")]
+    ReadConfig {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}")]
+    ParseConfig {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
-    #[error("listen on {addr}: {reason}")]
-    Listen { addr: SocketAddr, reason: String },
-    #[error("connect to snowflake at {addr}: {reason}")]
-    Snowflake { addr: String, reason: String },
-    #[error("start the proxy: {0}")]
+    #[error("listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("read the address a listener is bound to")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("snowflake")]
+    Snowflake(#[source] snowflake::client::ClientError),
+    #[error("start the proxy")]
     Proxy(#[from] gizzard::server::StartError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
@@ -191,12 +206,14 @@ pub enum ServerError {
 impl ServerConfig {
     /// Reads a TOML file; missing keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ServerError> {
-        let config_err = |reason: String| ServerError::Config {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ReadConfig {
             path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| config_err(e.to_string()))
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ServerError::ParseConfig {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Checks that the settings can run together.
@@ -344,10 +361,7 @@ impl Listeners {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| ServerError::Listen {
-                    addr,
-                    reason: e.to_string(),
-                })
+                .map_err(|source| ServerError::Listen { addr, source })
         };
         Ok(Self {
             tweets: bind(tweets).await?,
@@ -357,11 +371,7 @@ impl Listeners {
 
     /// Returns the bound addresses of the tweet service and the ShardManager.
     pub fn local_addrs(&self) -> Result<(SocketAddr, SocketAddr), ServerError> {
-        let local = |listener: &TcpListener| {
-            listener
-                .local_addr()
-                .map_err(|e| ServerError::Invalid(e.to_string()))
-        };
+        let local = |listener: &TcpListener| listener.local_addr().map_err(ServerError::LocalAddr);
         Ok((local(&self.tweets)?, local(&self.admin)?))
     }
 }
@@ -477,10 +487,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         Duration::from_secs(2),
     )
     .await
-    .map_err(|e| ServerError::Snowflake {
-        addr: config.snowflake_addr.clone(),
-        reason: e.to_string(),
-    })?;
+    .map_err(ServerError::Snowflake)?;
     let ids = IdSource::remote(snowflake, PrefetchSettings::default(), shutdown.clone());
     // Bound before the proxy starts, so that it registers the address it really serves.
     let listeners = Listeners::bind(config.listen, config.admin_listen).await?;

@@ -37,7 +37,7 @@ pub enum HarnessError {
          (scripts/test.sh does so)"
     )]
     NotInstalled,
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Io { action: String, source: io::Error },
     #[error("mariadb-install-db failed ({status}):\n{output}")]
     Install { status: String, output: String },
@@ -47,7 +47,7 @@ pub enum HarnessError {
         reason: String,
         log_tail: String,
     },
-    #[error("query on the test server: {0}")]
+    #[error("query on the test server")]
     Query(#[from] mysql_async::Error),
 }
 

@@ -85,7 +85,7 @@ impl GrpcCode for NameServerError {
         match self {
             // Batches that could never be right as sent: the caller must change them.
             Self::Rejected {
-                source: TopologyError::HostHoldsShards { .. },
+                reason: TopologyError::HostHoldsShards { .. },
                 ..
             }
             | Self::Invalid(
@@ -252,7 +252,7 @@ mod tests {
             (
                 RouteError::Host {
                     host: "h1".into(),
-                    source: db(),
+                    cause: db(),
                 },
                 Code::Unavailable,
             ),
@@ -270,7 +270,7 @@ mod tests {
             (
                 QueueError::Db {
                     action: "claim".into(),
-                    source: db(),
+                    cause: db(),
                 },
                 Code::Unavailable,
             ),
@@ -298,7 +298,7 @@ mod tests {
             (
                 QueueError::Encode {
                     job_type: "t".into(),
-                    source: json_error(),
+                    cause: json_error(),
                 },
                 Code::Internal,
             ),
@@ -306,7 +306,7 @@ mod tests {
                 QueueError::Decode {
                     id: 1,
                     job_type: "t".into(),
-                    source: json_error(),
+                    cause: json_error(),
                 },
                 Code::Internal,
             ),
@@ -314,7 +314,7 @@ mod tests {
     }
 
     fn nameserver_errors() -> Vec<(NameServerError, Code)> {
-        let rejected = |source| NameServerError::Rejected { index: 0, source };
+        let rejected = |reason| NameServerError::Rejected { index: 0, reason };
         vec![
             (
                 rejected(TopologyError::HostHoldsShards {
@@ -502,7 +502,7 @@ mod tests {
             (
                 MigrationError::Store(StoreError::Db {
                     action: "get".into(),
-                    source: db(),
+                    cause: db(),
                 }),
                 Code::Unavailable,
             ),

@@ -82,13 +82,20 @@ impl Default for AntiEntropySettings {
     }
 }
 
-/// Why a sweep store operation failed.
+/// Why a sweep store operation failed. It reaches gRPC statuses and log lines, which print one
+/// message, so the database's error is in the message rather than a `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error("sweep table: {0}")]
-    Db(#[from] DbError),
+    Db(DbError),
     #[error("sweep table holds a bad row: {0}")]
     Corrupt(String),
+}
+
+impl From<DbError> for SweepError {
+    fn from(e: DbError) -> Self {
+        Self::Db(e)
+    }
 }
 
 impl From<mysql_async::Error> for SweepError {

@@ -27,8 +27,8 @@ const COLUMNS: &str =
 /// Why a migrations table operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{action}: {source}")]
-    Db { action: String, source: DbError },
+    #[error("{action}: {cause}")]
+    Db { action: String, cause: DbError },
     #[error("migration {0} not found")]
     NotFound(MigrationId),
     #[error("migration {id} is {status}, not running")]
@@ -304,8 +304,8 @@ impl MigrationStore {
 }
 
 fn db_err(action: &str) -> impl Fn(DbError) -> StoreError + '_ {
-    move |source| StoreError::Db {
+    move |cause| StoreError::Db {
         action: action.to_owned(),
-        source,
+        cause,
     }
 }

@@ -293,8 +293,8 @@ pub enum TopologyError {
     ForwardingNotFound { table_id: i32, base_id: i64 },
     #[error("host {0:?} does not exist")]
     HostNotFound(String),
-    #[error("invalid shard id {id:?}: {source}")]
-    InvalidShardId { id: String, source: ShardIdError },
+    #[error("invalid shard id {id:?}: {reason}")]
+    InvalidShardId { id: String, reason: ShardIdError },
     #[error("host {name:?} is invalid: {reason}")]
     InvalidHost { name: String, reason: String },
     #[error("shard {id} has unknown type {class_name:?}")]

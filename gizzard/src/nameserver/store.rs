@@ -42,12 +42,13 @@ const SELECT_HOSTS: &str = "SELECT name, url, read_weight, write_weight FROM giz
 /// Rows per multi-row INSERT or DELETE: well under both databases' placeholder limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Why a nameserver operation failed.
+/// Why a nameserver operation failed. The text becomes a gRPC status or a log line, which
+/// print one message, so each variant names its cause in its message and has no `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum NameServerError {
     /// A change of the batch made no sense on the topology (nothing was written).
-    #[error("change {index} of the batch was refused: {source}")]
-    Rejected { index: usize, source: TopologyError },
+    #[error("change {index} of the batch was refused: {reason}")]
+    Rejected { index: usize, reason: TopologyError },
     /// The topology after the batch broke a rule (nothing was written).
     #[error("the batch would leave an invalid topology: {0}")]
     Invalid(TopologyError),
@@ -63,14 +64,20 @@ pub enum NameServerError {
     #[error("nameserver table {table} holds a bad row: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("nameserver database: {0}")]
-    Db(#[from] DbError),
+    Db(DbError),
+}
+
+impl From<DbError> for NameServerError {
+    fn from(err: DbError) -> Self {
+        Self::Db(err)
+    }
 }
 
 impl NameServerError {
     /// Returns the topology rule the batch broke, if that is why it was refused.
     pub fn topology_error(&self) -> Option<&TopologyError> {
         match self {
-            Self::Rejected { source, .. } | Self::Invalid(source) => Some(source),
+            Self::Rejected { reason, .. } | Self::Invalid(reason) => Some(reason),
             _ => None,
         }
     }
@@ -272,16 +279,16 @@ fn plan(
         if let Change::CreateShard(info) = change
             && unfenced.contains(&(info.id.hostname.clone(), info.id.table_prefix.clone()))
         {
-            let source = retired::still_retiring(&info.id);
-            return Err(NameServerError::Rejected { index, source });
+            let reason = retired::still_retiring(&info.id);
+            return Err(NameServerError::Rejected { index, reason });
         }
         if let Change::SetHost(host) = change {
             repoints(&topology, host)
-                .map_err(|source| NameServerError::Rejected { index, source })?;
+                .map_err(|reason| NameServerError::Rejected { index, reason })?;
         }
         topology
             .apply(change)
-            .map_err(|source| NameServerError::Rejected { index, source })?;
+            .map_err(|reason| NameServerError::Rejected { index, reason })?;
     }
     validate(&topology, types).map_err(NameServerError::Invalid)?;
     let version = topology.version + 1;

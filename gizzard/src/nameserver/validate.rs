@@ -59,9 +59,9 @@ fn check_ids_and_hosts(topology: &Topology) -> Result<(), TopologyError> {
     let link_ids = topology.links.keys().flat_map(|(up, down)| [up, down]);
     let root_ids = topology.forwardings.values();
     for id in shard_ids.chain(link_ids).chain(root_ids) {
-        id.check().map_err(|source| TopologyError::InvalidShardId {
+        id.check().map_err(|reason| TopologyError::InvalidShardId {
             id: id.to_string(),
-            source,
+            reason,
         })?;
     }
     for (name, host) in &topology.hosts {

@@ -190,9 +190,9 @@ impl NewJob {
         value: &T,
     ) -> Result<Self, QueueError> {
         let job_type = job_type.into();
-        let payload = serde_json::to_vec(value).map_err(|source| QueueError::Encode {
+        let payload = serde_json::to_vec(value).map_err(|cause| QueueError::Encode {
             job_type: job_type.clone(),
-            source,
+            cause,
         })?;
         Ok(Self {
             priority,
@@ -251,10 +251,10 @@ pub struct ClaimedJob {
 impl ClaimedJob {
     /// Decodes a JSON payload (see [`NewJob::json`]).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, QueueError> {
-        serde_json::from_slice(&self.payload).map_err(|source| QueueError::Decode {
+        serde_json::from_slice(&self.payload).map_err(|cause| QueueError::Decode {
             id: self.id,
             job_type: self.job_type.clone(),
-            source,
+            cause,
         })
     }
 }
@@ -357,8 +357,8 @@ fn jitter(full: Duration, rng: &mut impl Rng) -> Duration {
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("{action}: {source}")]
-    Db { action: String, source: DbError },
+    #[error("{action}: {cause}")]
+    Db { action: String, cause: DbError },
     #[error(
         "{action}: database did not answer within {timeout:?}; the change may have been \
          applied, and retrying is safe"
@@ -377,16 +377,16 @@ pub enum QueueError {
     BadRow(String),
     #[error("{0}")]
     Parse(String),
-    #[error("encode the payload of a {job_type:?} job: {source}")]
+    #[error("encode the payload of a {job_type:?} job: {cause}")]
     Encode {
         job_type: String,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
-    #[error("decode the payload of job {id} ({job_type:?}): {source}")]
+    #[error("decode the payload of job {id} ({job_type:?}): {cause}")]
     Decode {
         id: u64,
         job_type: String,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
@@ -417,15 +417,15 @@ fn is_transient(err: &DbError) -> bool {
 /// Maps the error of a read.
 fn read_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
     let action = action.into();
-    move |source| QueueError::Db { action, source }
+    move |cause| QueueError::Db { action, cause }
 }
 
 /// Maps the error of a change: a timeout leaves it unknown whether the change was applied.
 fn write_err(action: impl Into<String>) -> impl FnOnce(DbError) -> QueueError {
     let action = action.into();
-    move |source| match source {
+    move |cause| match cause {
         DbError::Timeout(timeout) => QueueError::MaybeApplied { action, timeout },
-        source => QueueError::Db { action, source },
+        cause => QueueError::Db { action, cause },
     }
 }
 

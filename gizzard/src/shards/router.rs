@@ -36,8 +36,8 @@ pub enum RouteError {
     Topology(#[from] TopologyError),
     #[error("host {host} of shard {shard} is not in the topology")]
     UnknownHost { host: String, shard: String },
-    #[error("open host {host}: {source}")]
-    Host { host: String, source: DbError },
+    #[error("open host {host}: {cause}")]
+    Host { host: String, cause: DbError },
     #[error(transparent)]
     Shard(#[from] ShardError),
 }
@@ -171,9 +171,9 @@ impl<S: PhysicalShard> ShardRouter<S> {
         }
         let db = Database::open_lazy(&host.url, self.db_timeout)
             .await
-            .map_err(|source| RouteError::Host {
+            .map_err(|cause| RouteError::Host {
                 host: host.name.clone(),
-                source,
+                cause,
             })?;
         cache
             .hosts

@@ -76,11 +76,12 @@ pub trait WriteOp<S>: Clone + Serialize + DeserializeOwned + Send + Sync + 'stat
     }
 }
 
-/// Why a write was not acknowledged.
+/// Why a write was not acknowledged. The text becomes a gRPC status, which prints one
+/// message, so each variant names its cause in its message and has no `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("route write: {0}")]
-    Route(#[from] RouteError),
+    Route(RouteError),
     /// Some leaf neither applied the write nor got a retry job; others may have applied it.
     #[error("write not stored durably ({reason}); it may be partly applied and retrying is safe")]
     NotDurable { reason: String },
@@ -91,6 +92,12 @@ pub enum WriteError {
     /// cannot vouch that the leaves it chose are still the key's.
     #[error("write not acknowledged, it may have been applied and retrying is safe: {0}")]
     LeaseLapsed(RoutingLeaseError),
+}
+
+impl From<RouteError> for WriteError {
+    fn from(err: RouteError) -> Self {
+        Self::Route(err)
+    }
 }
 
 /// What happened to an acknowledged write.

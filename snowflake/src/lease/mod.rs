@@ -36,8 +36,9 @@ pub enum LeaseError {
     AllTaken(u8),
     #[error("the lease on worker {worker_id} in datacenter {datacenter_id} was taken over")]
     Lost { datacenter_id: u8, worker_id: u8 },
+    /// Not a `source`: lease errors reach log lines, which print one error's message.
     #[error("lease database: {0}")]
-    Database(String),
+    Database(db::DbError),
     #[error("lease database did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -46,7 +47,7 @@ impl From<db::DbError> for LeaseError {
     fn from(err: db::DbError) -> Self {
         match err {
             db::DbError::Timeout(after) => Self::Timeout(after),
-            other => Self::Database(other.to_string()),
+            other => Self::Database(other),
         }
     }
 }

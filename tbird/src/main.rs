@@ -251,7 +251,11 @@ enum Command {
         nameserver_url: Option<String>,
         /// The server's /metrics address, HOST:PORT, or `off`: its CPU seconds are read
         /// before and after each run to print the server's CPU per call.
-        #[arg(long, env = "TBIRD_BENCH_SERVER_METRICS", default_value = "127.0.0.1:9990")]
+        #[arg(
+            long,
+            env = "TBIRD_BENCH_SERVER_METRICS",
+            default_value = "127.0.0.1:9990"
+        )]
         server_metrics: Listen,
         /// Print JSON instead of a table.
         #[arg(long)]

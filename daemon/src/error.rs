@@ -1,12 +1,24 @@
 //! The one line a binary prints for an error that ends it: the error and its causes, each once.
 
-use std::error::Error;
+use std::{error::Error, process::ExitCode};
 
 /// Returns `err` and its chain of sources as `err: cause: cause`, each cause named once
 /// ([`db::text::causes`]), with the secrets of every URL in it redacted
 /// ([`db::text::redact`]).
 pub fn error_chain(err: &(dyn Error + 'static)) -> String {
     db::text::redact(&db::text::causes(err)).into_owned()
+}
+
+/// Ends a binary's `main`: success, or `error: ` and the chain on stderr and status 1, never
+/// a Debug dump with a backtrace.
+pub fn exit<E: AsRef<dyn Error + Send + Sync + 'static>>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

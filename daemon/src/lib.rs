@@ -11,7 +11,8 @@
 //!   scrape carries, read from `/proc/self`.
 //! - [`config`]: the rule every setting follows (a flag, an environment variable and a TOML
 //!   key of one name) and the checks that tests run against each binary's command line.
-//! - [`error_chain`]: the exit message of a binary, an error and each of its causes once.
+//! - [`error_chain`]: the exit message of a binary, an error and each of its causes once;
+//!   [`exit`] prints it and ends `main` with status 1.
 
 pub mod config;
 mod error;
@@ -19,4 +20,4 @@ pub mod logs;
 pub mod metrics;
 pub mod process;
 
-pub use error::error_chain;
+pub use error::{error_chain, exit};

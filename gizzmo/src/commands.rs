@@ -12,7 +12,7 @@ use proto::gizzard::v1 as pb;
 use serde_json::{Value, json};
 
 use super::{
-    Command, CreateTableArgs, JobStateArg, JobsCommand, PriorityArg,
+    Command, CreateTableArgs, JobFilterArgs, JobStateArg, JobsCommand, PriorityArg,
     client::{self, ManagerClient, call_error},
     plan, render,
 };
@@ -812,9 +812,12 @@ async fn jobs(
     let priority = |p: Option<PriorityArg>| p.map_or(0, |p| p.to_pb() as i32);
     match command {
         JobsCommand::List {
-            state: s,
-            priority: p,
-            shard,
+            filter:
+                JobFilterArgs {
+                    state: s,
+                    priority: p,
+                    shard,
+                },
             limit,
         } => {
             let request = pb::ListJobsRequest {
@@ -849,9 +852,12 @@ async fn jobs(
         }
         JobsCommand::Purge {
             ids,
-            state: s,
-            priority: p,
-            shard,
+            filter:
+                JobFilterArgs {
+                    state: s,
+                    priority: p,
+                    shard,
+                },
         } => {
             let request = pb::PurgeJobsRequest {
                 ids,

@@ -395,20 +395,27 @@ pub struct CreateTableArgs {
     pub prefix: Option<String>,
 }
 
+/// Which jobs a command takes: those matching every filter given.
+#[derive(Debug, clap::Args)]
+pub struct JobFilterArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<JobStateArg>,
+    /// Only jobs of this priority.
+    #[arg(long, value_enum)]
+    pub priority: Option<PriorityArg>,
+    /// Only jobs on this shard.
+    #[arg(long)]
+    pub shard: Option<String>,
+}
+
 /// Job queue commands.
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// List jobs, soonest first.
     List {
-        /// Only jobs in this state.
-        #[arg(long, value_enum)]
-        state: Option<JobStateArg>,
-        /// Only jobs of this priority.
-        #[arg(long, value_enum)]
-        priority: Option<PriorityArg>,
-        /// Only jobs on this shard.
-        #[arg(long)]
-        shard: Option<String>,
+        #[command(flatten)]
+        filter: JobFilterArgs,
         /// At most this many jobs (the server caps it at 10000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
@@ -434,15 +441,8 @@ pub enum JobsCommand {
             value_parser = clap::value_parser!(i64).range(1..)
         )]
         ids: Vec<i64>,
-        /// Jobs in this state.
-        #[arg(long, value_enum)]
-        state: Option<JobStateArg>,
-        /// Jobs of this priority.
-        #[arg(long, value_enum)]
-        priority: Option<PriorityArg>,
-        /// Jobs on this shard.
-        #[arg(long)]
-        shard: Option<String>,
+        #[command(flatten)]
+        filter: JobFilterArgs,
     },
     /// Stop workers from claiming jobs of a priority (every priority when none is given).
     Pause {

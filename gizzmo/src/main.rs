@@ -10,11 +10,5 @@ use gizzmo::Cli;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
-    match gizzmo::run(cli, &mut stdout).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", daemon::error_chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    daemon::exit(gizzmo::run(cli, &mut stdout).await)
 }

@@ -211,17 +211,7 @@ pub fn wrap(
         "shard {id} already exists; pass --id to name the wrapper"
     );
     let mut changes = vec![create(id, wrapper.class_name())];
-    for (up, weight) in topology.parents(shard) {
-        changes.push(Change::RemoveLink {
-            up: up.clone(),
-            down: shard.clone(),
-        });
-        changes.push(Change::AddLink(Link {
-            up: up.clone(),
-            down: id.clone(),
-            weight,
-        }));
-    }
+    changes.extend(relink_parents(topology, shard, id));
     changes.extend(retarget_forwardings(topology, shard, id));
     changes.push(Change::AddLink(Link {
         up: id.clone(),
@@ -301,18 +291,7 @@ pub fn unwrap(topology: &Topology, id: &ShardId) -> anyhow::Result<(ShardId, Vec
             more.len()
         ),
     };
-    let mut changes = Vec::new();
-    for (up, weight) in topology.parents(id) {
-        changes.push(Change::RemoveLink {
-            up: up.clone(),
-            down: id.clone(),
-        });
-        changes.push(Change::AddLink(Link {
-            up: up.clone(),
-            down: child.clone(),
-            weight,
-        }));
-    }
+    let mut changes = relink_parents(topology, id, &child);
     changes.extend(retarget_forwardings(topology, id, &child));
     changes.push(Change::RemoveLink {
         up: id.clone(),
@@ -321,6 +300,23 @@ pub fn unwrap(topology: &Topology, id: &ShardId) -> anyhow::Result<(ShardId, Vec
     changes.push(Change::DeleteShard(id.clone()));
     check(topology, &changes)?;
     Ok((child, changes))
+}
+
+/// Moves every parent link of `from` to `to`, with its weight.
+fn relink_parents(topology: &Topology, from: &ShardId, to: &ShardId) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (up, weight) in topology.parents(from) {
+        changes.push(Change::RemoveLink {
+            up: up.clone(),
+            down: from.clone(),
+        });
+        changes.push(Change::AddLink(Link {
+            up: up.clone(),
+            down: to.clone(),
+            weight,
+        }));
+    }
+    changes
 }
 
 /// Points every forwarding whose root is `from` at `to`.

@@ -436,14 +436,7 @@ fn log_format(command: &Command) -> LogFormat {
 }
 
 fn main() -> std::process::ExitCode {
-    // Errors print as one readable line, never as a Debug dump with a backtrace.
-    match start() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", daemon::error_chain(err.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    daemon::exit(start())
 }
 
 fn start() -> anyhow::Result<()> {

@@ -625,13 +625,10 @@ async fn enqueue_on_a_frozen_mariadb_fails_within_the_deadline() {
     assert!(message.contains("may have been applied"), "{message}");
 
     // Once the server answers again, so does the queue.
-    let mut result = queue.enqueue(&job(Priority::High, "after")).await;
-    for _ in 0..10 {
-        if result.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        result = queue.enqueue(&job(Priority::High, "after")).await;
-    }
-    result.expect("enqueue after resume");
+    tests::wait_until(
+        "an enqueue after resume",
+        Duration::from_secs(10),
+        async || queue.enqueue(&job(Priority::High, "after")).await.is_ok(),
+    )
+    .await;
 }

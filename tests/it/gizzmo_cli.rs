@@ -342,61 +342,31 @@ async fn gizzmo_refuses_bad_input_and_names_the_problem() {
         "{err}"
     );
 
-    let err = cluster
-        .fails(&[
-            "create-table",
-            "2",
-            "--shards",
+    // create-table with bad shard counts, replicas or class: each refusal names the problem.
+    for (shards, replicas, class, expected) in [
+        (
             "0",
-            "--replicas",
             "a",
-            "--class",
             "KvShard",
-        ])
-        .await;
-    assert!(
-        err.contains("--shards must be between 1 and 65536, not 0"),
-        "{err}"
-    );
-    let err = cluster
-        .fails(&[
+            "--shards must be between 1 and 65536, not 0",
+        ),
+        ("65537", "a", "KvShard", "not 65537"),
+        ("2", "a,b,a", "KvShard", "names host \"a\" more than once"),
+        ("2", "a", "NoSuch", "unknown type \"NoSuch\""),
+    ] {
+        let args = [
             "create-table",
             "2",
             "--shards",
-            "65537",
+            shards,
             "--replicas",
-            "a",
+            replicas,
             "--class",
-            "KvShard",
-        ])
-        .await;
-    assert!(err.contains("not 65537"), "{err}");
-    let err = cluster
-        .fails(&[
-            "create-table",
-            "2",
-            "--shards",
-            "2",
-            "--replicas",
-            "a,b,a",
-            "--class",
-            "KvShard",
-        ])
-        .await;
-    assert!(err.contains("names host \"a\" more than once"), "{err}");
-    let err = cluster
-        .fails(&[
-            "create-table",
-            "2",
-            "--shards",
-            "2",
-            "--replicas",
-            "a",
-            "--class",
-            "NoSuch",
-        ])
-        .await;
-    assert!(err.contains("unknown type \"NoSuch\""), "{err}");
+            class,
+        ];
+        let err = cluster.fails(&args).await;
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 
     // Nothing was changed by the refusals.
     assert_eq!(cluster.ok(&["--json", "shards"]).await, before);

@@ -16,7 +16,7 @@ use tbird::{
     store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdWrite},
     tweets::TbirdProxy,
 };
-use tests::tweets::TweetCluster;
+use tests::{cluster::Databases, tweets::TweetCluster};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, transport::Channel};
 
@@ -175,20 +175,10 @@ async fn put_tweet_of_a_taken_id_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_tweet_of_a_taken_id_on_mariadb() {
-    let servers = tests::MariaDb::start_many(3).await.expect("mariadb");
-    let nameserver = servers[0]
-        .create_database("gizzard")
-        .await
-        .expect("nameserver db");
-    let mut hosts = Vec::new();
-    for (i, server) in servers[1..].iter().enumerate() {
-        hosts.push((
-            format!("h{i}"),
-            server.create_database("tbird").await.expect("shard db"),
-        ));
-    }
+    let dbs = Databases::start(2, "tbird", &[]).await;
+    let (nameserver, hosts) = (&dbs.nameserver_url, dbs.host_urls("tbird"));
     let shutdown = CancellationToken::new();
-    let (client, proxy, _) = serve_proxy(&nameserver, hosts, &shutdown).await;
+    let (client, proxy, _) = serve_proxy(nameserver, hosts, &shutdown).await;
     taken_ids(client, proxy).await;
     shutdown.cancel();
 }

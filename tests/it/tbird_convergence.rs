@@ -92,30 +92,6 @@ fn case() -> impl Strategy<Value = Case> {
     })
 }
 
-/// The row a write merges in, as the store builds it.
-fn row_of(write: &TbirdWrite) -> Row {
-    match write {
-        TbirdWrite::PutTweet(tweet) => Row::Tweet(tweet.clone()),
-        TbirdWrite::DeleteTweet { id } => Row::Tweet(Tweet {
-            id: *id,
-            user_id: 0,
-            text: String::new(),
-            in_reply_to: None,
-            deleted: true,
-        }),
-        TbirdWrite::AddToTimeline { user_id, tweet_id } => Row::Timeline {
-            user_id: *user_id,
-            tweet_id: *tweet_id,
-            deleted: false,
-        },
-        TbirdWrite::RemoveFromTimeline { user_id, tweet_id } => Row::Timeline {
-            user_id: *user_id,
-            tweet_id: *tweet_id,
-            deleted: true,
-        },
-    }
-}
-
 fn is_tweet_write(write: &TbirdWrite) -> bool {
     matches!(
         write,
@@ -128,7 +104,7 @@ fn model<'a>(writes: impl IntoIterator<Item = &'a TbirdWrite>) -> (Vec<Row>, Vec
     let mut tweets: BTreeMap<u64, Tweet> = BTreeMap::new();
     let mut lines: BTreeMap<(u64, u64), bool> = BTreeMap::new();
     for write in writes {
-        match row_of(write) {
+        match write.row() {
             Row::Tweet(t) => {
                 let merged = match tweets.get(&t.id) {
                     Some(stored) => stored.merge(&t),
@@ -239,7 +215,7 @@ impl Replica {
     /// Writes the writes' rows as a copy or a repair does; on MariaDB, 100 rows or more go
     /// through `LOAD DATA` and are merged after it.
     async fn copy(&self, writes: &[TbirdWrite]) {
-        let rows: Vec<Row> = writes.iter().rev().map(row_of).collect();
+        let rows: Vec<Row> = writes.iter().rev().map(TbirdWrite::row).collect();
         let many: Vec<Row> = rows
             .iter()
             .cycle()
@@ -366,7 +342,11 @@ async fn racing_puts_converge_and_repair_heals(dbs: [Database; 3]) {
     b.apply_one_by_one([&second, &first]).await;
     let (rows_a, rows_b) = (a.rows().await, b.rows().await);
     assert_eq!(rows_a, rows_b, "both orders end the same");
-    assert_eq!(rows_a.0, [row_of(&second)], "user 3 sorts before user 7");
+    assert_eq!(
+        rows_a.0,
+        [TbirdWrite::row(&second)],
+        "user 3 sorts before user 7"
+    );
 
     // c took only the losing put: diff finds the key, and after repair nothing.
     c.apply_one_by_one([&first]).await;

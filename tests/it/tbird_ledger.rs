@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, tweets_client::TweetsClient};
+use proto::tbird::v1::{PostTweetRequest, tweets_client::TweetsClient};
 use tests::{
     stack::{SHARD_DB, TbirdStack, all_rows},
     wait_until,
@@ -136,25 +136,15 @@ async fn stop_writers(stop: &CancellationToken, mut writers: JoinSet<()>) {
 
 /// Asserts that every acknowledged tweet reads back through the service, with its text.
 async fn assert_all_readable(addr: &str, acked: &BTreeMap<u64, (u64, String)>) {
-    let mut client = client(addr);
     let ids: Vec<u64> = acked.keys().copied().collect();
-    for chunk in ids.chunks(500) {
-        let got = client
-            .get_tweets(GetTweetsRequest {
-                ids: chunk.to_vec(),
-            })
-            .await
-            .expect("get tweets")
-            .into_inner();
-        assert!(
-            got.missing.is_empty(),
-            "acknowledged tweets missing: {:?}",
-            got.missing
-        );
-        for tweet in got.tweets {
-            let (user, text) = &acked[&tweet.id];
-            assert_eq!((tweet.user_id, tweet.text.as_str()), (*user, text.as_str()));
-        }
+    let (tweets, missing) = tests::tweets::get_all(addr, &ids).await;
+    assert!(
+        missing.is_empty(),
+        "acknowledged tweets missing: {missing:?}"
+    );
+    for tweet in tweets {
+        let (user, text) = &acked[&tweet.id];
+        assert_eq!((tweet.user_id, tweet.text.as_str()), (*user, text.as_str()));
     }
 }
 

@@ -10,7 +10,7 @@ use proto::tbird::v1::{
 };
 use snowflake::{clock::SystemClock, worker::IdWorker};
 use tbird::{ids::IdSource, tweets::TbirdProxy};
-use tests::cluster::test_settings;
+use tests::cluster::{Databases, test_settings};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
@@ -284,20 +284,10 @@ async fn tweets_end_to_end((mut client, addr): (TweetsClient<Channel>, String)) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tweets_on_two_mariadb_replicas() {
-    let servers = tests::MariaDb::start_many(3).await.expect("mariadb");
-    let nameserver = servers[0]
-        .create_database("gizzard")
-        .await
-        .expect("nameserver db");
-    let mut hosts = Vec::new();
-    for (i, server) in servers[1..].iter().enumerate() {
-        hosts.push((
-            format!("h{i}"),
-            server.create_database("tbird").await.expect("shard db"),
-        ));
-    }
+    let dbs = Databases::start(2, "tbird", &[]).await;
+    let (nameserver, hosts) = (&dbs.nameserver_url, dbs.host_urls("tbird"));
     let shutdown = CancellationToken::new();
-    tweets_end_to_end(serve(&nameserver, hosts, &shutdown).await).await;
+    tweets_end_to_end(serve(nameserver, hosts, &shutdown).await).await;
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
 }

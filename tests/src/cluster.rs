@@ -51,6 +51,17 @@ impl Databases {
             hosts: servers,
         }
     }
+
+    /// Returns each shard host's name (`h0`, `h1`, ...) and the URL of its database `db`.
+    pub fn host_urls(&self, db: &str) -> Vec<(String, String)> {
+        let named = |(i, server): (usize, &MariaDb)| (host_name(i), server.url(db));
+        self.hosts.iter().enumerate().map(named).collect()
+    }
+}
+
+/// Returns the topology name of shard host `i` of an in-process cluster.
+pub fn host_name(i: usize) -> String {
+    format!("h{i}")
 }
 
 /// A running cluster; dropping it stops the proxy and every server.
@@ -115,11 +126,6 @@ impl KvCluster {
         }
     }
 
-    /// Returns the host name of server `i`.
-    pub fn host_name(i: usize) -> String {
-        format!("h{i}")
-    }
-
     /// Returns the changes that create table `table_id` with `shards` forwardings, each a
     /// Replicating node over one KV leaf on every host.
     pub fn table_changes(&self, table_id: i32, shards: usize) -> Vec<Change> {
@@ -129,14 +135,14 @@ impl KvCluster {
             .enumerate()
             .map(|(i, server)| {
                 Change::SetHost(Host {
-                    name: Self::host_name(i),
+                    name: host_name(i),
                     url: server.url("shards"),
                     read_weight: 1,
                     write_weight: 1,
                 })
             })
             .collect();
-        let hosts: Vec<String> = (0..self.hosts.len()).map(Self::host_name).collect();
+        let hosts: Vec<String> = (0..self.hosts.len()).map(host_name).collect();
         let table = replicated_table(
             table_id,
             KV_SHARD,
@@ -208,7 +214,7 @@ impl KvCluster {
         for id in topology
             .shards
             .keys()
-            .filter(|id| id.hostname == Self::host_name(i))
+            .filter(|id| id.hostname == host_name(i))
         {
             let leaf = self.proxy.router.leaf(id).await.expect("leaf");
             out.push((id.clone(), leaf.shard.rows().await.expect("read rows")));

@@ -36,7 +36,7 @@ use tonic::transport::Channel;
 
 use crate::{
     MariaDb,
-    cluster::{Databases, test_settings},
+    cluster::{Databases, host_name, test_settings},
 };
 
 /// One in-process tbird server: the tweet service and the ShardManager on loopback ports.
@@ -116,7 +116,7 @@ impl TweetCluster {
             next_worker: Mutex::new(1),
         };
         let server = cluster.serve(settings(&cluster.nameserver_url)).await;
-        let host = |i: usize| (Self::host(i), cluster.hosts[i].url("tbird"));
+        let host = |i: usize| (host_name(i), cluster.hosts[i].url("tbird"));
         let replica_hosts: Vec<(String, String)> = (0..replicas).map(host).collect();
         let mut changes =
             tbird::topology::default_changes(&replica_hosts, shards).expect("valid names");
@@ -136,11 +136,6 @@ impl TweetCluster {
             .await
             .expect("create the tables");
         (cluster, server)
-    }
-
-    /// The name of host `i`.
-    pub fn host(i: usize) -> String {
-        format!("h{i}")
     }
 
     /// Starts another server on the cluster's nameserver.
@@ -387,12 +382,13 @@ impl TweetWriter {
     }
 }
 
-/// Returns the ids in `ids` that the tweet service at `addr` does not find.
-pub async fn missing(addr: &str, ids: &[u64]) -> Vec<u64> {
+/// Reads `ids` through the tweet service at `addr`, in GetTweets calls of 500 ids; returns
+/// the tweets found and the ids not found.
+pub async fn get_all(addr: &str, ids: &[u64]) -> (Vec<proto::tbird::v1::Tweet>, Vec<u64>) {
     let mut client = TweetsClient::connect(format!("http://{addr}"))
         .await
         .expect("connect tweets");
-    let mut missing = Vec::new();
+    let (mut tweets, mut missing) = (Vec::new(), Vec::new());
     for chunk in ids.chunks(500) {
         let got = client
             .get_tweets(GetTweetsRequest {
@@ -401,9 +397,15 @@ pub async fn missing(addr: &str, ids: &[u64]) -> Vec<u64> {
             .await
             .expect("get tweets")
             .into_inner();
+        tweets.extend(got.tweets);
         missing.extend(got.missing);
     }
-    missing
+    (tweets, missing)
+}
+
+/// Returns the ids in `ids` that the tweet service at `addr` does not find.
+pub async fn missing(addr: &str, ids: &[u64]) -> Vec<u64> {
+    get_all(addr, ids).await.1
 }
 
 /// Returns the ids on `user`'s timeline through the tweet service at `addr`, newest first,

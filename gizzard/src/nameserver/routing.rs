@@ -443,6 +443,16 @@ mod tests {
         NameServer::open(db).await.expect("create tables")
     }
 
+    /// Returns a nameserver in `dir` and routing started on it, with a lease long enough not
+    /// to lapse during a test.
+    async fn started(dir: &tempfile::TempDir) -> (NameServer, Arc<Routing>) {
+        let ns = nameserver(dir).await;
+        let routing = Routing::start(ns.clone(), identity(), Duration::from_secs(30))
+            .await
+            .expect("start");
+        (ns, Arc::new(routing))
+    }
+
     async fn change(ns: &NameServer, name: &str) -> u64 {
         let host = Host {
             name: name.into(),
@@ -464,12 +474,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_version_is_confirmed_only_after_the_old_versions_writes_finish() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ns = nameserver(&dir).await;
-        let routing = Arc::new(
-            Routing::start(ns.clone(), identity(), Duration::from_secs(30))
-                .await
-                .expect("start"),
-        );
+        let (ns, routing) = started(&dir).await;
         let permit = routing.write_permit().expect("the lease holds");
         assert_eq!(permit.snapshot().version, 0);
         let version = change(&ns, "h1").await;
@@ -571,12 +576,7 @@ mod tests {
     #[tokio::test]
     async fn closing_drains_writes_and_leaves_the_registry() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ns = nameserver(&dir).await;
-        let routing = Arc::new(
-            Routing::start(ns.clone(), identity(), Duration::from_secs(30))
-                .await
-                .expect("start"),
-        );
+        let (ns, routing) = started(&dir).await;
         let permit = routing.write_permit().expect("lease");
         let close = tokio::spawn({
             let routing = routing.clone();

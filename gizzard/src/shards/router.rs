@@ -184,22 +184,20 @@ impl<S: PhysicalShard> ShardRouter<S> {
     /// Returns the forest of the current snapshot, building it if the version moved.
     async fn forest(&self) -> Result<Arc<Option<Forest<S>>>, RouteError> {
         let snapshot = self.routing.current();
-        let forest = self.forest.load_full();
-        if forest
-            .as_ref()
-            .as_ref()
-            .is_some_and(|f| f.snapshot.version == snapshot.version)
-        {
+        let built = || {
+            let forest = self.forest.load_full();
+            let fresh = forest
+                .as_ref()
+                .as_ref()
+                .is_some_and(|f| f.snapshot.version == snapshot.version);
+            fresh.then_some(forest)
+        };
+        if let Some(forest) = built() {
             return Ok(forest);
         }
         let mut cache = self.cache.lock().await;
         // Another caller may have built it while this one waited for the lock.
-        let forest = self.forest.load_full();
-        if forest
-            .as_ref()
-            .as_ref()
-            .is_some_and(|f| f.snapshot.version == snapshot.version)
-        {
+        if let Some(forest) = built() {
             return Ok(forest);
         }
         let roots: HashSet<&ShardId> = snapshot.topology.forwardings.values().collect();

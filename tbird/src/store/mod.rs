@@ -389,7 +389,7 @@ fn content_wins_sql(bytes: &str, new: (&str, &str, &str), old: (&str, &str, &str
 
 impl TbirdWrite {
     /// Returns the row this write merges in.
-    fn row(&self) -> Row {
+    pub fn row(&self) -> Row {
         match self {
             TbirdWrite::PutTweet(tweet) => Row::Tweet(tweet.clone()),
             TbirdWrite::DeleteTweet { id } => Row::Tweet(Tweet {

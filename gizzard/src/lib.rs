@@ -2,6 +2,8 @@
 //! each tree replicates over tables on several hosts; a durable job queue retries failed
 //! writes and runs copy, diff and repair jobs.
 //!
+//! - [`batch`]: micro-batching: concurrent callers' work for one target (a leaf, a host) shares
+//!   a statement, with a bounded number of statements in flight per target.
 //! - [`db`]: database handles (MySQL or SQLite) with a deadline on every operation, re-exported
 //!   from the `db` crate.
 //! - [`nameserver`]: the topology model (shards, links, forwardings, hosts), its stores, and
@@ -15,6 +17,7 @@
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 //! - [`gizzmo`]: the admin CLI behind the `gizzmo` binary.
 
+pub mod batch;
 pub use db;
 pub mod gizzmo;
 pub mod manager;

@@ -2,6 +2,8 @@
 //! each tree replicates over tables on several hosts; a durable job queue retries failed
 //! writes and runs copy, diff and repair jobs.
 //!
+//! - [`batch`]: micro-batching: concurrent callers' work for one target (a leaf, a host) shares
+//!   a statement, with a bounded number of statements in flight per target.
 //! - [`db`]: database handles (MySQL or SQLite) with a deadline on every operation, re-exported
 //!   from the `db` crate.
 //! - [`nameserver`]: the topology model (shards, links, forwardings, hosts), its stores, and
@@ -18,6 +20,7 @@
 //! - [`metrics`]: the `# HELP` text of every series Gizzard emits.
 //! - [`server`]: a proxy's parts started together ([`server::Proxy`]).
 
+pub mod batch;
 pub use db;
 pub mod manager;
 pub mod metrics;

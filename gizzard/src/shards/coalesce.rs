@@ -1,9 +1,9 @@
 //! Group commit per leaf. Under load many writes go to the same leaf at once, and sending each
-//! as its own statement spends a round trip, a parse and a commit per write. Here a write that
-//! finds its leaf with a free statement slot goes out at once (no timer, so an idle proxy adds
-//! no latency); writes that arrive while every slot of the leaf is busy wait in the leaf's
-//! queue, and the next statement to finish takes all of them (up to [`MAX_BATCH`]) into one
-//! multi-row statement ([`WriteOp::apply_batch`]).
+//! as its own statement spends a round trip, a parse and a commit per write. Writes queue per
+//! leaf ([`crate::batch`]): a write that finds its leaf with a free statement slot goes out at
+//! once (no timer, so an idle proxy adds no latency); writes that arrive while every slot of
+//! the leaf is busy wait in the leaf's queue, and the next statement to finish takes all of
+//! them (up to [`MAX_BATCH`]) into one multi-row statement ([`WriteOp::apply_batch`]).
 //!
 //! Statements run in spawned tasks, so a caller that gives up (a cancelled RPC, or a writer
 //! that stopped waiting at the leaf's hedge) never strands the writes batched with its own,
@@ -21,17 +21,13 @@
 //! [`ENQUEUES_IN_FLIGHT`] transactions run share the next one (up to [`MAX_JOBS`] jobs).
 
 use std::{
-    collections::{HashMap, VecDeque},
-    panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::FutureExt;
-use tokio::sync::oneshot;
-
 use super::{Leaf, PhysicalShard, ShardError, WriteOp, health::Op};
 use crate::{
+    batch::{Batch, Batcher, Limits, Queue, Queued},
     nameserver::ShardId,
     scheduler::{JobQueue, NewJob, QueueError},
 };
@@ -56,33 +52,24 @@ pub const MAX_JOBS: usize = 512;
 
 /// The per-leaf queues of one writer.
 pub(super) struct Coalescer<S, W> {
-    queues: Mutex<HashMap<ShardId, Arc<LeafQueue<S, W>>>>,
+    queues: Batcher<ShardId, LeafWrites<S>, Write<W>, Written>,
     leaf_timeout: Duration,
 }
 
-/// The writes waiting for one leaf and the statements running on it.
-struct LeafQueue<S, W> {
+/// What the queue of one leaf runs its statements with.
+struct LeafWrites<S> {
     leaf: Leaf<S>,
-    state: Mutex<QueueState<W>>,
+    leaf_timeout: Duration,
 }
 
-struct QueueState<W> {
-    running: usize,
-    pending: VecDeque<Pending<W>>,
-}
-
-/// A queued write and where its result goes.
-struct Pending<W> {
+/// A queued write.
+struct Write<W> {
     op: W,
     /// Sent even to a suspect leaf: a probe, or a write with no healthy leaf to go to.
     probe: bool,
-    done: oneshot::Sender<Result<(), ShardError>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The critical sections only move values in and out; a panic cannot leave them torn.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+type Written = Result<(), ShardError>;
 
 fn suspect<S>(leaf: &Leaf<S>) -> ShardError {
     ShardError::Unavailable {
@@ -95,7 +82,10 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
     /// Returns queues whose writes each get `leaf_timeout`.
     pub(super) fn new(leaf_timeout: Duration) -> Self {
         Self {
-            queues: Mutex::new(HashMap::new()),
+            queues: Batcher::new(Limits {
+                slots: MAX_IN_FLIGHT,
+                max_weight: MAX_BATCH,
+            }),
             leaf_timeout,
         }
     }
@@ -103,43 +93,37 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
     /// Applies `op` to `leaf`, alone or with other writes to the same leaf, within the leaf
     /// deadline. A suspect leaf is not tried unless `probe` is set: its write goes straight to
     /// the retry queue, so a dead replica does not slow every write down.
-    pub(super) async fn apply(
-        &self,
-        leaf: &Leaf<S>,
-        op: &W,
-        probe: bool,
-    ) -> Result<(), ShardError> {
+    pub(super) async fn apply(&self, leaf: &Leaf<S>, op: &W, probe: bool) -> Written {
         if !probe && leaf.health.is_suspect() {
             return Err(suspect(leaf));
         }
         let started = Instant::now();
-        let queue = self.queue(leaf);
-        let (done, result) = oneshot::channel();
-        let start = {
-            let mut state = lock(&queue.state);
-            state.pending.push_back(Pending {
-                op: op.clone(),
-                probe,
-                done,
-            });
-            let free = state.running < MAX_IN_FLIGHT;
-            state.running += usize::from(free);
-            free
+        let write = Write {
+            op: op.clone(),
+            probe,
         };
-        if start {
-            tokio::spawn(queue.run(self.leaf_timeout));
-        }
+        // A leaf whose shard object was replaced (a host whose URL changed) keeps its id: it
+        // gets a new queue, so a statement never mixes writes meant for different pools.
+        let written = self.queues.submit_to(
+            &leaf.id,
+            write,
+            |kept| Arc::ptr_eq(&kept.leaf.shard, &leaf.shard),
+            || LeafWrites {
+                leaf: leaf.clone(),
+                leaf_timeout: self.leaf_timeout,
+            },
+        );
         // The deadline counts from here, so time spent queued counts as time on the leaf.
-        match tokio::time::timeout(self.leaf_timeout, result).await {
+        match tokio::time::timeout(self.leaf_timeout, written).await {
             Ok(Ok(result)) => {
                 if result.is_ok() {
                     leaf.health.record(Op::Write, started.elapsed());
                 }
                 result
             }
-            Ok(Err(_)) => Err(ShardError::Unavailable {
+            Ok(Err(_)) => Err(ShardError::Query {
                 shard: leaf.id.to_string(),
-                reason: "the write's statement was dropped".into(),
+                message: "the write panicked".into(),
             }),
             Err(_) => Err(ShardError::Timeout {
                 shard: leaf.id.to_string(),
@@ -147,76 +131,34 @@ impl<S: PhysicalShard, W: WriteOp<S>> Coalescer<S, W> {
             }),
         }
     }
+}
 
-    /// Returns the queue of `leaf`, replacing one kept for an older shard object of the same id
-    /// (a host whose URL changed), so a batch never mixes writes meant for different pools.
-    fn queue(&self, leaf: &Leaf<S>) -> Arc<LeafQueue<S, W>> {
-        let mut queues = lock(&self.queues);
-        match queues.get(&leaf.id) {
-            Some(queue) if Arc::ptr_eq(&queue.leaf.shard, &leaf.shard) => queue.clone(),
-            _ => {
-                let queue = Arc::new(LeafQueue {
-                    leaf: leaf.clone(),
-                    state: Mutex::new(QueueState {
-                        running: 0,
-                        pending: VecDeque::new(),
-                    }),
-                });
-                queues.insert(leaf.id.clone(), queue.clone());
-                queue
-            }
+impl<S: PhysicalShard, W: WriteOp<S>> Batch<Write<W>, Written> for LeafWrites<S> {
+    async fn run(&self, batch: Vec<Queued<Write<W>, Written>>) {
+        let result = self.apply(&batch).await;
+        for queued in batch {
+            queued.answer(result.clone());
         }
     }
 }
 
-impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
-    /// Runs statements on the leaf while writes are waiting, then gives its slot back.
-    async fn run(self: Arc<Self>, leaf_timeout: Duration) {
-        loop {
-            let batch: Vec<Pending<W>> = {
-                let mut state = lock(&self.state);
-                if state.pending.is_empty() {
-                    // Under the lock: a write queued after this sees the free slot.
-                    state.running -= 1;
-                    return;
-                }
-                let n = state.pending.len().min(MAX_BATCH);
-                state.pending.drain(..n).collect()
-            };
-            // A caller that gave up already has its error (and its retry job).
-            let batch: Vec<Pending<W>> =
-                batch.into_iter().filter(|p| !p.done.is_closed()).collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let result = self.apply(&batch, leaf_timeout).await;
-            for pending in batch {
-                let _ = pending.done.send(result.clone());
-            }
-        }
-    }
-
+impl<S: PhysicalShard> LeafWrites<S> {
     /// Applies one batch under the deadline and records the leaf's health as separate writes
     /// would have: one success clears it, and each write of a failed batch counts a failure.
-    async fn apply(&self, batch: &[Pending<W>], leaf_timeout: Duration) -> Result<(), ShardError> {
+    async fn apply<W: WriteOp<S>>(&self, batch: &[Queued<Write<W>, Written>]) -> Written {
         let leaf = &self.leaf;
         // The leaf may have turned suspect while these writes waited; a probe goes anyway.
-        if leaf.health.is_suspect() && !batch.iter().any(|p| p.probe) {
+        if leaf.health.is_suspect() && !batch.iter().any(|q| q.job.probe) {
             return Err(suspect(leaf));
         }
-        let ops: Vec<&W> = batch.iter().map(|p| &p.op).collect();
-        // A panicking write must not take the slot with it: it fails its batch instead.
-        let statement = AssertUnwindSafe(W::apply_batch(&ops, &leaf.shard)).catch_unwind();
+        let ops: Vec<&W> = batch.iter().map(|q| &q.job.op).collect();
+        let statement = W::apply_batch(&ops, &leaf.shard);
         let in_flight = leaf.health.start();
-        let result = match tokio::time::timeout(leaf_timeout, statement).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ShardError::Query {
-                shard: leaf.id.to_string(),
-                message: "the write panicked".into(),
-            }),
+        let result = match tokio::time::timeout(self.leaf_timeout, statement).await {
+            Ok(result) => result,
             Err(_) => Err(ShardError::Timeout {
                 shard: leaf.id.to_string(),
-                after: leaf_timeout,
+                after: self.leaf_timeout,
             }),
         };
         match &result {
@@ -238,100 +180,63 @@ impl<S: PhysicalShard, W: WriteOp<S>> LeafQueue<S, W> {
 /// Group commit of retry jobs: callers' jobs waiting while every transaction slot is busy
 /// share the next [`JobQueue::enqueue_many`].
 pub(super) struct JobBatches {
-    queue: JobQueue,
-    state: Mutex<JobsState>,
+    queue: Arc<Queue<StoreJobs, Vec<NewJob>, Stored>>,
 }
 
-struct JobsState {
-    running: usize,
-    waiting: VecDeque<WaitingJobs>,
-}
+/// What the retry jobs' queue stores its batches with.
+struct StoreJobs(JobQueue);
 
-/// One caller's jobs, stored together or not at all, and where the outcome goes.
-struct WaitingJobs {
-    jobs: Vec<NewJob>,
-    done: oneshot::Sender<Result<(), String>>,
-}
+/// Whether a caller's jobs are durable, or why they may not be.
+type Stored = Result<(), String>;
 
 impl JobBatches {
     /// Returns batches stored in `queue`.
     pub(super) fn new(queue: JobQueue) -> Self {
+        let limits = Limits {
+            slots: ENQUEUES_IN_FLIGHT,
+            max_weight: MAX_JOBS,
+        };
         Self {
-            queue,
-            state: Mutex::new(JobsState {
-                running: 0,
-                waiting: VecDeque::new(),
-            }),
+            queue: Arc::new(Queue::new(StoreJobs(queue), limits)),
         }
     }
 
     /// Stores `jobs`, alone or in one transaction with other callers' jobs; returns once they
     /// are durable, or why they may not be.
-    pub(super) async fn store(self: &Arc<Self>, jobs: Vec<NewJob>) -> Result<(), String> {
-        let (done, stored) = oneshot::channel();
-        let start = {
-            let mut state = lock(&self.state);
-            state.waiting.push_back(WaitingJobs { jobs, done });
-            let free = state.running < ENQUEUES_IN_FLIGHT;
-            state.running += usize::from(free);
-            free
-        };
-        if start {
-            tokio::spawn(self.clone().run());
-        }
-        stored
+    pub(super) async fn store(&self, jobs: Vec<NewJob>) -> Stored {
+        self.queue
+            .submit(jobs)
             .await
-            .unwrap_or_else(|_| Err("the transaction storing the jobs was dropped".into()))
+            .unwrap_or_else(|_| Err("storing the jobs panicked".into()))
+    }
+}
+
+/// Each job of the batch is one caller's retry jobs, stored together or not at all.
+impl Batch<Vec<NewJob>, Stored> for StoreJobs {
+    /// A write whose caller went away may still be applied on other leaves: its retries keep
+    /// the replicas converging.
+    const RUN_ABANDONED: bool = true;
+
+    fn weight(jobs: &Vec<NewJob>) -> usize {
+        jobs.len()
     }
 
-    /// Stores batches while callers wait, then gives its slot back.
-    async fn run(self: Arc<Self>) {
-        loop {
-            let batch: Vec<WaitingJobs> = {
-                let mut state = lock(&self.state);
-                let Some(first) = state.waiting.pop_front() else {
-                    // Under the lock: a caller arriving after this sees the free slot.
-                    state.running -= 1;
-                    return;
-                };
-                // At least one caller's jobs, however many; more while they fit.
-                let mut jobs = first.jobs.len();
-                let mut batch = vec![first];
-                while let Some(next) = state.waiting.front()
-                    && jobs + next.jobs.len() <= MAX_JOBS
-                {
-                    jobs += next.jobs.len();
-                    batch.extend(state.waiting.pop_front());
-                }
-                batch
-            };
-            let jobs: Vec<NewJob> = batch.iter().flat_map(|w| w.jobs.iter().cloned()).collect();
-            match self.enqueue(&jobs).await {
-                // Refused as invalid, the batch is split, so a bad job fails only its caller.
-                Err(QueueError::InvalidJob(_)) if batch.len() > 1 => {
-                    for waiting in batch {
-                        let stored = self.enqueue(&waiting.jobs).await;
-                        let _ = waiting.done.send(stored.map_err(|e| e.to_string()));
-                    }
-                }
-                stored => {
-                    let stored = stored.map_err(|e| e.to_string());
-                    for waiting in batch {
-                        let _ = waiting.done.send(stored.clone());
-                    }
+    async fn run(&self, batch: Vec<Queued<Vec<NewJob>, Stored>>) {
+        let jobs: Vec<NewJob> = batch.iter().flat_map(|q| q.job.iter().cloned()).collect();
+        match self.0.enqueue_many(&jobs).await {
+            // Refused as invalid, the batch is split, so a bad job fails only its caller.
+            Err(QueueError::InvalidJob(_)) if batch.len() > 1 => {
+                for queued in batch {
+                    let stored = self.0.enqueue_many(&queued.job).await;
+                    queued.answer(stored.map(drop).map_err(|e| e.to_string()));
                 }
             }
-        }
-    }
-
-    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), QueueError> {
-        // A panic must not take the slot with it: it fails the batch instead.
-        match AssertUnwindSafe(self.queue.enqueue_many(jobs))
-            .catch_unwind()
-            .await
-        {
-            Ok(stored) => stored.map(drop),
-            Err(_) => Err(QueueError::BadRow("storing the jobs panicked".into())),
+            stored => {
+                let stored = stored.map(drop).map_err(|e| e.to_string());
+                for queued in batch {
+                    queued.answer(stored.clone());
+                }
+            }
         }
     }
 }
@@ -340,7 +245,10 @@ impl JobBatches {
 pub(super) mod tests {
     use std::{
         ops::{Range, RangeInclusive},
-        sync::atomic::{AtomicBool, Ordering},
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
     };
 
     use tokio::sync::Semaphore;
@@ -368,7 +276,7 @@ pub(super) mod tests {
 
         /// Returns how many statements have started on the shard.
         pub(in crate::shards) fn started(&self) -> usize {
-            lock(&self.statements).len()
+            self.statements.lock().expect("statements").len()
         }
     }
 
@@ -425,6 +333,9 @@ pub(super) mod tests {
         }
     }
 
+    /// A write whose statement panics.
+    const POISON: u64 = u64::MAX;
+
     #[derive(Clone, serde::Serialize, serde::Deserialize)]
     pub(in crate::shards) struct Put(pub(in crate::shards) u64);
 
@@ -436,8 +347,13 @@ pub(super) mod tests {
         }
 
         async fn apply_batch(ops: &[&Self], shard: &Gated) -> Result<(), ShardError> {
-            lock(&shard.statements).push(ops.iter().map(|op| op.0).collect());
+            let keys = ops.iter().map(|op| op.0).collect();
+            shard.statements.lock().expect("statements").push(keys);
             shard.gate.acquire().await.expect("open gate").forget();
+            assert!(
+                ops.iter().all(|op| op.0 != POISON),
+                "a poisoned write panics"
+            );
             if shard.fail.load(Ordering::Relaxed) {
                 return Err(ShardError::Unavailable {
                     shard: "h/t".into(),
@@ -471,7 +387,12 @@ pub(super) mod tests {
         }
 
         fn statements(&self) -> Vec<Vec<u64>> {
-            lock(&self.leaf.shard.statements).clone()
+            self.leaf
+                .shard
+                .statements
+                .lock()
+                .expect("statements")
+                .clone()
         }
 
         /// Starts a statement in every slot of the leaf, one write each, and returns them.
@@ -565,6 +486,70 @@ pub(super) mod tests {
         let err = s.write(200).await.expect("join").expect_err("suspect");
         assert!(err.to_string().contains("retried from the queue"), "{err}");
         assert_eq!(s.statements().len(), before);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_statement_fails_each_of_its_writes_and_frees_the_leaf() {
+        let s = Setup::new();
+        let first = s.fill_slots().await;
+        let queued: Vec<_> = [100, POISON, 101].map(|k| s.write(k)).into();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        s.leaf.shard.gate.add_permits(MAX_IN_FLIGHT + 1);
+        for write in first {
+            write.await.expect("join").expect("applied");
+        }
+        for write in queued {
+            let err = write.await.expect("join").expect_err("panicked");
+            assert!(
+                matches!(&err, ShardError::Query { message, .. } if message.contains("panicked")),
+                "{err}"
+            );
+        }
+        assert!(
+            !s.leaf.health.is_suspect(),
+            "a panic says nothing about the host"
+        );
+        s.leaf.shard.gate.add_permits(1);
+        s.write(7)
+            .await
+            .expect("join")
+            .expect("applied after the panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leaf_whose_shard_object_was_replaced_gets_a_queue_of_its_own() {
+        let s = Setup::new();
+        let old = s.fill_slots().await;
+        // The same id through a new shard object, as after its host's URL changed.
+        let replaced = Leaf {
+            id: s.leaf.id.clone(),
+            shard: Arc::new(Gated::new()),
+            health: s.leaf.health.clone(),
+        };
+        replaced.shard.gate.add_permits(1);
+        // Stuck behind the old object's statement, it would wait out the leaf deadline.
+        s.writes
+            .apply(&replaced, &Put(9), false)
+            .await
+            .expect("applied while the old object's statement runs");
+        let statements = replaced
+            .shard
+            .statements
+            .lock()
+            .expect("statements")
+            .clone();
+        assert_eq!(statements, [vec![9]]);
+        assert_eq!(
+            s.statements().len(),
+            MAX_IN_FLIGHT,
+            "nothing went to the old object"
+        );
+        s.leaf.shard.gate.add_permits(MAX_IN_FLIGHT);
+        for write in old {
+            write.await.expect("join").expect("applied");
+        }
     }
 
     fn job(n: u64) -> NewJob {

@@ -45,6 +45,24 @@ fn build(profile_dir: &Path) -> Result<(), String> {
         .unwrap_or("debug");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
+    // Cargo gives a test the package's own variables (CARGO_PKG_NAME=tests, ...). Build
+    // scripts that watch them (ring's `rerun-if-env-changed`) would see them changed and
+    // rebuild, and every crate above them with it, so the build runs without them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*name)
+            || ["CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name)
+        {
+            build.env_remove(&*name);
+        }
+    }
     build.args(["build", "--quiet", "--workspace", "--target-dir"]);
     build.arg(target_dir);
     if profile == "debug" {

@@ -69,6 +69,7 @@ struct Write<W> {
     probe: bool,
 }
 
+/// What a queued write's caller gets back.
 type Written = Result<(), ShardError>;
 
 fn suspect<S>(leaf: &Leaf<S>) -> ShardError {

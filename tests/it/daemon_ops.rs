@@ -6,7 +6,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use tests::{
-    stack::{Daemon, free_port, http_get, scrape_text},
+    stack::{Daemon, free_port, scrape_text},
     wait_until,
 };
 
@@ -48,7 +48,7 @@ fn every_series_has_help(text: &str) -> Vec<String> {
 
 async fn only_metrics_is_served(addr: &str) {
     for path in ["/", "/health", "/metrics/x"] {
-        let (head, _) = http_get(addr, path).await.expect("GET");
+        let (head, _) = daemon::metrics::request(addr, "GET", path).await.expect("GET");
         assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
     }
 }

@@ -417,11 +417,6 @@ pub async fn scrape(addr: &str) -> io::Result<Metrics> {
 /// Returns the text of `/metrics` at `addr`, failing unless it answers 200.
 pub use daemon::metrics::scrape_text;
 
-/// Sends `GET path` to `addr` and returns the status line and headers, and the body.
-pub async fn http_get(addr: &str, path: &str) -> io::Result<(String, String)> {
-    daemon::metrics::request(addr, "GET", path).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,94 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a production server: a MySQL nameserver, shards on MySQL hosts, ids from Snowflake.
-    Serve {
-        /// TOML config file (see tbird/tbird.example.toml).
-        #[arg(long, env = "TBIRD_CONFIG")]
-        config: Option<PathBuf>,
-        /// The nameserver database, overriding the file.
-        #[arg(long, env = "TBIRD_NAMESERVER_URL", hide_env_values = true)]
-        nameserver_url: Option<String>,
-        /// The Snowflake daemon, HOST:PORT, overriding the file.
-        #[arg(long, env = "TBIRD_SNOWFLAKE_ADDR")]
-        snowflake_addr: Option<String>,
-        /// Address of the tweet service, overriding the file.
-        #[arg(long, env = "TBIRD_LISTEN")]
-        listen: Option<SocketAddr>,
-        /// Address of the ShardManager, overriding the file [default: 127.0.0.1:7920; another
-        /// address needs an admin token].
-        #[arg(long, env = "TBIRD_ADMIN_LISTEN")]
-        admin_listen: Option<SocketAddr>,
-        /// Admin bearer token, overriding the file (prefer --admin-token-file: a command line
-        /// is visible to every user of the machine).
-        #[arg(long, env = "TBIRD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// File holding the admin token (one line), overriding the file.
-        #[arg(
-            long,
-            env = "TBIRD_ADMIN_TOKEN_FILE",
-            conflicts_with = "admin_token",
-            value_name = "PATH"
-        )]
-        admin_token_file: Option<PathBuf>,
-        /// Token that allows only the admin calls that change nothing, overriding the file.
-        #[arg(long, env = "TBIRD_READ_ONLY_TOKEN", hide_env_values = true)]
-        read_only_token: Option<String>,
-        /// File holding the read-only token (one line), overriding the file.
-        #[arg(
-            long,
-            env = "TBIRD_READ_ONLY_TOKEN_FILE",
-            conflicts_with = "read_only_token",
-            value_name = "PATH"
-        )]
-        read_only_token_file: Option<PathBuf>,
-        /// Address serving /metrics, or `off`, overriding the file [default: 0.0.0.0:9990].
-        #[arg(long, env = "TBIRD_METRICS_LISTEN", value_name = "ADDR|off")]
-        metrics_listen: Option<tbird::metrics::Listen>,
-        /// Reads, and separately writes, in flight on one shard host, overriding the file
-        /// [default: 2].
-        #[arg(long, env = "TBIRD_STATEMENTS_PER_HOST")]
-        statements_per_host: Option<usize>,
-        /// Where gizzmo reaches the ShardManager, HOST:PORT, as registered in the nameserver
-        /// [default: admin-listen, with the hostname for 0.0.0.0].
-        #[arg(long, env = "TBIRD_ADVERTISE_ADDR")]
-        advertise_addr: Option<String>,
-        /// How long a confirmation of the routing lets this server acknowledge writes, e.g.
-        /// 5s, overriding the file [default: 5s].
-        #[arg(long, env = "TBIRD_ROUTING_LEASE", value_parser = humantime::parse_duration)]
-        routing_lease: Option<std::time::Duration>,
-        /// How long a removed shard's renamed tables are kept before they are dropped, e.g.
-        /// 24h, overriding the file [default: 24h].
-        #[arg(long, env = "TBIRD_RETIRED_GRACE", value_parser = humantime::parse_duration)]
-        retired_grace: Option<std::time::Duration>,
-        /// How often anti-entropy sweeps every replica pair in full, e.g. 10m, or `off`,
-        /// overriding the file [default: 10m].
-        #[arg(long, env = "TBIRD_ANTI_ENTROPY_INTERVAL", value_name = "DURATION|off")]
-        anti_entropy_interval: Option<tbird::server::Interval>,
-        /// Rows one anti-entropy sweep compares per second at most, overriding the file
-        /// [default: 10000].
-        #[arg(long, env = "TBIRD_ANTI_ENTROPY_ROWS_PER_SECOND")]
-        anti_entropy_rows_per_second: Option<u64>,
-        /// Job workers in this server, overriding the file [default: 4].
-        #[arg(long, env = "TBIRD_JOB_WORKERS")]
-        job_workers: Option<usize>,
-        /// Deadline of a write on one replica before it is queued for retry, e.g. 2s,
-        /// overriding the file [default: 2s].
-        #[arg(long, env = "TBIRD_LEAF_TIMEOUT", value_parser = humantime::parse_duration)]
-        leaf_timeout: Option<Duration>,
-        /// Deadline of each nameserver and queue database operation, e.g. 5s, overriding the
-        /// file [default: 5s].
-        #[arg(long, env = "TBIRD_DB_TIMEOUT", value_parser = humantime::parse_duration)]
-        db_timeout: Option<Duration>,
-        /// Name reported to `gizzmo ping` and `gizzmo servers`, overriding the file
-        /// [default: tbird].
-        #[arg(long, env = "TBIRD_SERVER_NAME")]
-        server_name: Option<String>,
-        /// How log lines are written, overriding the file [default: text].
-        #[arg(long, env = "TBIRD_LOG_FORMAT", value_enum)]
-        log_format: Option<LogFormat>,
-        #[command(flatten)]
-        transport: TransportArgs,
-    },
+    Serve(ServeArgs),
     /// Run everything in one process on SQLite files: nothing to install.
     Dev {
         /// Where the nameserver, the job queue and the two shard hosts keep their files.
@@ -240,8 +153,9 @@ enum Command {
         /// Tweets per timeline page.
         #[arg(long, default_value_t = 20)]
         page: u32,
-        /// HTTP/2 connections the callers share.
-        #[arg(long, default_value_t = 4)]
+        /// HTTP/2 connections the callers share. One multiplexes every call and cost the
+        /// least CPU per call on both ends (see "Clients" in README.md).
+        #[arg(long, default_value_t = 1)]
         connections: usize,
         /// Also run the workload without the proxy: `direct` sends the same SQL to the shards.
         #[arg(long, value_enum, requires = "nameserver_url")]
@@ -263,6 +177,165 @@ enum Command {
         #[command(flatten)]
         tls: ClientTlsArgs,
     },
+}
+
+/// The flags of `tbird serve`: each overrides the config file's key of the same name.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see tbird/tbird.example.toml).
+    #[arg(long, env = "TBIRD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The nameserver database, overriding the file.
+    #[arg(long, env = "TBIRD_NAMESERVER_URL", hide_env_values = true)]
+    nameserver_url: Option<String>,
+    /// The Snowflake daemon, HOST:PORT, overriding the file.
+    #[arg(long, env = "TBIRD_SNOWFLAKE_ADDR")]
+    snowflake_addr: Option<String>,
+    /// Address of the tweet service, overriding the file.
+    #[arg(long, env = "TBIRD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the ShardManager, overriding the file [default: 127.0.0.1:7920; another
+    /// address needs an admin token].
+    #[arg(long, env = "TBIRD_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Admin bearer token, overriding the file (prefer --admin-token-file: a command line
+    /// is visible to every user of the machine).
+    #[arg(long, env = "TBIRD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the admin token (one line), overriding the file.
+    #[arg(
+        long,
+        env = "TBIRD_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token",
+        value_name = "PATH"
+    )]
+    admin_token_file: Option<PathBuf>,
+    /// Token that allows only the admin calls that change nothing, overriding the file.
+    #[arg(long, env = "TBIRD_READ_ONLY_TOKEN", hide_env_values = true)]
+    read_only_token: Option<String>,
+    /// File holding the read-only token (one line), overriding the file.
+    #[arg(
+        long,
+        env = "TBIRD_READ_ONLY_TOKEN_FILE",
+        conflicts_with = "read_only_token",
+        value_name = "PATH"
+    )]
+    read_only_token_file: Option<PathBuf>,
+    /// Address serving /metrics, or `off`, overriding the file [default: 0.0.0.0:9990].
+    #[arg(long, env = "TBIRD_METRICS_LISTEN", value_name = "ADDR|off")]
+    metrics_listen: Option<tbird::metrics::Listen>,
+    /// Reads, and separately writes, in flight on one shard host, overriding the file
+    /// [default: 2].
+    #[arg(long, env = "TBIRD_STATEMENTS_PER_HOST")]
+    statements_per_host: Option<usize>,
+    /// Async threads serving calls, overriding the file [default: 1]; 1 runs everything on
+    /// one thread, the cheapest per call.
+    #[arg(long, env = "TBIRD_THREADS")]
+    threads: Option<usize>,
+    /// Where gizzmo reaches the ShardManager, HOST:PORT, as registered in the nameserver
+    /// [default: admin-listen, with the hostname for 0.0.0.0].
+    #[arg(long, env = "TBIRD_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// How long a confirmation of the routing lets this server acknowledge writes, e.g.
+    /// 5s, overriding the file [default: 5s].
+    #[arg(long, env = "TBIRD_ROUTING_LEASE", value_parser = humantime::parse_duration)]
+    routing_lease: Option<std::time::Duration>,
+    /// How long a removed shard's renamed tables are kept before they are dropped, e.g.
+    /// 24h, overriding the file [default: 24h].
+    #[arg(long, env = "TBIRD_RETIRED_GRACE", value_parser = humantime::parse_duration)]
+    retired_grace: Option<std::time::Duration>,
+    /// How often anti-entropy sweeps every replica pair in full, e.g. 10m, or `off`,
+    /// overriding the file [default: 10m].
+    #[arg(long, env = "TBIRD_ANTI_ENTROPY_INTERVAL", value_name = "DURATION|off")]
+    anti_entropy_interval: Option<tbird::server::Interval>,
+    /// Rows one anti-entropy sweep compares per second at most, overriding the file
+    /// [default: 10000].
+    #[arg(long, env = "TBIRD_ANTI_ENTROPY_ROWS_PER_SECOND")]
+    anti_entropy_rows_per_second: Option<u64>,
+    /// Job workers in this server, overriding the file [default: 4].
+    #[arg(long, env = "TBIRD_JOB_WORKERS")]
+    job_workers: Option<usize>,
+    /// Deadline of a write on one replica before it is queued for retry, e.g. 2s,
+    /// overriding the file [default: 2s].
+    #[arg(long, env = "TBIRD_LEAF_TIMEOUT", value_parser = humantime::parse_duration)]
+    leaf_timeout: Option<Duration>,
+    /// Deadline of each nameserver and queue database operation, e.g. 5s, overriding the
+    /// file [default: 5s].
+    #[arg(long, env = "TBIRD_DB_TIMEOUT", value_parser = humantime::parse_duration)]
+    db_timeout: Option<Duration>,
+    /// Name reported to `gizzmo ping` and `gizzmo servers`, overriding the file
+    /// [default: tbird].
+    #[arg(long, env = "TBIRD_SERVER_NAME")]
+    server_name: Option<String>,
+    /// How log lines are written, overriding the file [default: text].
+    #[arg(long, env = "TBIRD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
+impl ServeArgs {
+    /// Returns the config file's settings (or the defaults) with the flags applied.
+    fn config(self) -> anyhow::Result<ServerConfig> {
+        let Self {
+            config,
+            nameserver_url,
+            snowflake_addr,
+            listen,
+            admin_listen,
+            admin_token,
+            admin_token_file,
+            read_only_token,
+            read_only_token_file,
+            metrics_listen,
+            statements_per_host,
+            threads,
+            advertise_addr,
+            routing_lease,
+            retired_grace,
+            anti_entropy_interval,
+            anti_entropy_rows_per_second,
+            job_workers,
+            leaf_timeout,
+            db_timeout,
+            server_name,
+            log_format,
+            transport,
+        } = self;
+        let mut server = match config {
+            Some(path) => ServerConfig::from_file(&path)?,
+            None => ServerConfig::default(),
+        };
+        server.nameserver_url = nameserver_url.unwrap_or(server.nameserver_url);
+        server.snowflake_addr = snowflake_addr.unwrap_or(server.snowflake_addr);
+        server.listen = listen.unwrap_or(server.listen);
+        server.admin_listen = admin_listen.unwrap_or(server.admin_listen);
+        // A flag replaces the file's token, and a file named by a flag its inline one.
+        if admin_token.is_some() || admin_token_file.is_some() {
+            (server.admin_token, server.admin_token_file) = (admin_token, admin_token_file);
+        }
+        if read_only_token.is_some() || read_only_token_file.is_some() {
+            (server.read_only_token, server.read_only_token_file) =
+                (read_only_token, read_only_token_file);
+        }
+        server.metrics_listen = metrics_listen.map_or(server.metrics_listen, |m| m.0);
+        server.statements_per_host = statements_per_host.unwrap_or(server.statements_per_host);
+        server.threads = threads.unwrap_or(server.threads);
+        server.advertise_addr = advertise_addr.or(server.advertise_addr);
+        server.routing_lease = routing_lease.unwrap_or(server.routing_lease);
+        server.retired_grace = retired_grace.unwrap_or(server.retired_grace);
+        server.anti_entropy_interval =
+            anti_entropy_interval.map_or(server.anti_entropy_interval, |i| i.0);
+        server.anti_entropy_rows_per_second =
+            anti_entropy_rows_per_second.unwrap_or(server.anti_entropy_rows_per_second);
+        server.job_workers = job_workers.unwrap_or(server.job_workers);
+        server.leaf_timeout = leaf_timeout.unwrap_or(server.leaf_timeout);
+        server.db_timeout = db_timeout.unwrap_or(server.db_timeout);
+        server.server_name = server_name.unwrap_or(server.server_name);
+        server.log_format = log_format.unwrap_or(server.log_format);
+        transport.overlay(&mut server);
+        Ok(server)
+    }
 }
 
 /// TLS and connection limits of `tbird serve`'s listeners and Snowflake client, overriding the
@@ -416,105 +489,79 @@ fn ids_json(ids: &[u64]) -> serde_json::Value {
     ids.iter().map(u64::to_string).collect()
 }
 
-/// Returns the log format `command` runs with: its flag (or variable), else the config
-/// file's `log-format` for `serve`, else text. A file that cannot be read gives text here;
-/// the server reports it when it reads the file again.
-fn log_format(command: &Command) -> LogFormat {
-    match command {
-        Command::Serve {
-            config, log_format, ..
-        } => log_format.unwrap_or_else(|| {
-            config
-                .as_deref()
-                .and_then(|path| ServerConfig::from_file(path).ok())
-                .map(|c| c.log_format)
-                .unwrap_or_default()
-        }),
-        Command::Dev { log_format, .. } => log_format.unwrap_or_default(),
-        _ => LogFormat::Text,
-    }
-}
-
 fn main() -> std::process::ExitCode {
     daemon::exit(start())
 }
 
 fn start() -> anyhow::Result<()> {
-    let command = Cli::parse().command;
-    daemon::logs::init(log_format(&command));
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(run(command))
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            // The config decides the log format and the runtime, so it is read first; its
+            // errors print as the exit message.
+            let config = args.config()?;
+            config.validate()?;
+            daemon::logs::init(config.log_format);
+            server_runtime(config.threads)?.block_on(serve(config))
+        }
+        command => {
+            let log_format = match &command {
+                Command::Dev { log_format, .. } => log_format.unwrap_or_default(),
+                _ => LogFormat::Text,
+            };
+            daemon::logs::init(log_format);
+            let runtime = match command {
+                // The embedded stack runs SQLite and every daemon in one process.
+                Command::Dev { .. } => tokio::runtime::Runtime::new(),
+                // Clients, the load generator included, run on the calling thread: one
+                // thread needs no cross-thread wake-ups, and a load generator sharing the
+                // machine with the server leaves it the other cores (see "Clients" in
+                // README.md).
+                _ => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build(),
+            }
+            .context("start the async runtime")?;
+            runtime.block_on(run(command))
+        }
+    }
+}
+
+/// Returns the server's runtime: with one thread, a current-thread runtime, where a call,
+/// its database statements and its reply run without waking another thread; with more, a
+/// multi-threaded one. Measured with `tbird bench` on 2 cores beside MariaDB (issue #14),
+/// the multi-threaded runtime cost 40-80% more CPU per GetTweet, its workers parking and
+/// waking each other.
+fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("start the async runtime")
+}
+
+/// Runs `tbird serve` until SIGINT or SIGTERM.
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate() => {}
+        }
+        stop.cancel();
+    });
+    tbird::server::run(config, shutdown).await?;
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve {
-            config,
-            nameserver_url,
-            snowflake_addr,
-            listen,
-            admin_listen,
-            admin_token,
-            admin_token_file,
-            read_only_token,
-            read_only_token_file,
-            metrics_listen,
-            statements_per_host,
-            advertise_addr,
-            routing_lease,
-            retired_grace,
-            anti_entropy_interval,
-            anti_entropy_rows_per_second,
-            job_workers,
-            leaf_timeout,
-            db_timeout,
-            server_name,
-            log_format,
-            transport,
-        } => {
-            let mut server = match config {
-                Some(path) => ServerConfig::from_file(&path)?,
-                None => ServerConfig::default(),
-            };
-            server.nameserver_url = nameserver_url.unwrap_or(server.nameserver_url);
-            server.snowflake_addr = snowflake_addr.unwrap_or(server.snowflake_addr);
-            server.listen = listen.unwrap_or(server.listen);
-            server.admin_listen = admin_listen.unwrap_or(server.admin_listen);
-            // A flag replaces the file's token, and a file named by a flag its inline one.
-            if admin_token.is_some() || admin_token_file.is_some() {
-                (server.admin_token, server.admin_token_file) = (admin_token, admin_token_file);
-            }
-            if read_only_token.is_some() || read_only_token_file.is_some() {
-                (server.read_only_token, server.read_only_token_file) =
-                    (read_only_token, read_only_token_file);
-            }
-            server.metrics_listen = metrics_listen.map_or(server.metrics_listen, |m| m.0);
-            server.statements_per_host = statements_per_host.unwrap_or(server.statements_per_host);
-            server.advertise_addr = advertise_addr.or(server.advertise_addr);
-            server.routing_lease = routing_lease.unwrap_or(server.routing_lease);
-            server.retired_grace = retired_grace.unwrap_or(server.retired_grace);
-            server.anti_entropy_interval =
-                anti_entropy_interval.map_or(server.anti_entropy_interval, |i| i.0);
-            server.anti_entropy_rows_per_second =
-                anti_entropy_rows_per_second.unwrap_or(server.anti_entropy_rows_per_second);
-            server.job_workers = job_workers.unwrap_or(server.job_workers);
-            server.leaf_timeout = leaf_timeout.unwrap_or(server.leaf_timeout);
-            server.db_timeout = db_timeout.unwrap_or(server.db_timeout);
-            server.server_name = server_name.unwrap_or(server.server_name);
-            server.log_format = log_format.unwrap_or(server.log_format);
-            transport.overlay(&mut server);
-            let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = terminate() => {}
-                }
-                stop.cancel();
-            });
-            tbird::server::run(server, shutdown).await?;
-            Ok(())
-        }
+        Command::Serve(_) => unreachable!("start() runs the server"),
         Command::Dev {
             data_dir,
             listen,

@@ -30,15 +30,16 @@ pub struct TweetReads {
     timeout: Duration,
 }
 
-/// One caller's read: ids (sorted) on one leaf.
+/// One caller's read: ids (sorted) of one leaf's table. The caller names the leaf in errors,
+/// so nothing of the leaf but its shard is copied per read.
 struct Read {
-    leaf: Leaf<TbirdShard>,
+    shard: Arc<TbirdShard>,
     ids: Vec<u64>,
 }
 
-/// The reads of one batch that go to one leaf.
+/// The reads of one batch that go to one table.
 struct Part {
-    leaf: Leaf<TbirdShard>,
+    shard: Arc<TbirdShard>,
     ids: Vec<u64>,
     callers: Vec<Queued<Read>>,
 }
@@ -64,13 +65,13 @@ impl TweetReads {
         // Sorted, so the caller's rows are picked out of a batch by binary search.
         ids.sort_unstable();
         let read = Read {
-            leaf: leaf.clone(),
+            shard: leaf.shard.clone(),
             ids,
         };
         let shard = || leaf.id.to_string();
         let found = self.queues.submit(&leaf.id.hostname, read);
         match tokio::time::timeout(self.timeout, found).await {
-            Ok(Some(found)) => found,
+            Ok(Some(found)) => found.map_err(|err| err.on_shard(&shard())),
             Ok(None) => Err(ShardError::Query {
                 shard: shard(),
                 message: "the read panicked".into(),
@@ -95,20 +96,18 @@ impl HostJob for Read {
     }
 }
 
-/// Groups a batch by leaf. Leaves are told apart by their shard objects, not only their ids,
-/// so a read planned before a host's pool was replaced never goes through the new one unasked.
+/// Groups a batch by table. Tables are told apart by their shard objects, not only their
+/// names, so a read planned before a host's pool was replaced never goes through the new one
+/// unasked.
 fn parts(batch: Vec<Queued<Read>>) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
     for queued in batch {
-        let leaf = &queued.job.leaf;
-        let part = match parts
-            .iter_mut()
-            .position(|p| Arc::ptr_eq(&p.leaf.shard, &leaf.shard))
-        {
+        let shard = &queued.job.shard;
+        let part = match parts.iter_mut().position(|p| Arc::ptr_eq(&p.shard, shard)) {
             Some(i) => &mut parts[i],
             None => {
                 parts.push(Part {
-                    leaf: leaf.clone(),
+                    shard: shard.clone(),
                     ids: Vec::new(),
                     callers: Vec::new(),
                 });
@@ -129,10 +128,10 @@ fn parts(batch: Vec<Queued<Read>>) -> Vec<Part> {
 async fn read(parts: Vec<Part>) {
     let (together, apart): (Vec<Part>, Vec<Part>) = match parts.first() {
         Some(first) => {
-            let first = first.leaf.shard.clone();
+            let first = first.shard.clone();
             parts
                 .into_iter()
-                .partition(|p| p.leaf.shard.shares_pool_with(&first))
+                .partition(|p| p.shard.shares_pool_with(&first))
         }
         None => return,
     };
@@ -166,14 +165,14 @@ async fn read(parts: Vec<Part>) {
 async fn query(parts: &[Part]) -> Result<Vec<Vec<Tweet>>, ShardError> {
     let reads: Vec<(&TbirdShard, &[u64])> = parts
         .iter()
-        .map(|p| (&*p.leaf.shard, p.ids.as_slice()))
+        .map(|p| (&*p.shard, p.ids.as_slice()))
         .collect();
     TbirdShard::get_tweets_of(&reads).await
 }
 
-/// Sends each caller of `part` the tweets it asked for, or the error naming its own leaf.
+/// Sends each caller of `part` the tweets it asked for, or the error (which the caller puts
+/// on its own leaf).
 fn answer(part: Part, found: Result<Vec<Tweet>, ShardError>) {
-    let shard = part.leaf.id.to_string();
     for caller in part.callers {
         let mine = match &found {
             Ok(found) => Ok(found
@@ -181,7 +180,7 @@ fn answer(part: Part, found: Result<Vec<Tweet>, ShardError>) {
                 .filter(|t| caller.job.ids.binary_search(&t.id).is_ok())
                 .cloned()
                 .collect()),
-            Err(err) => Err(err.clone().on_shard(&shard)),
+            Err(err) => Err(err.clone()),
         };
         caller.answer(mine);
     }

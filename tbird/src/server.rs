@@ -91,6 +91,10 @@ pub struct ServerConfig {
     /// Read statements, and separately write statements, in flight on one shard host; those
     /// arriving meanwhile share the next one.
     pub statements_per_host: usize,
+    /// Async threads serving calls (read by the binary before it starts): 1, the default,
+    /// runs the server on one current-thread runtime, the cheapest per call; more run a
+    /// multi-threaded runtime, for a host whose cores the server has to itself.
+    pub threads: usize,
     /// How log lines are written: `text` or `json` (read by the binary before it starts).
     pub log_format: daemon::logs::LogFormat,
     // Transport of both gRPC listeners and of the Snowflake client (see the `edge` crate).
@@ -152,6 +156,7 @@ impl Default for ServerConfig {
                 .rows_per_second
                 .unwrap_or(10_000),
             statements_per_host: crate::hosts::DEFAULT_STATEMENTS_PER_HOST,
+            threads: 1,
             log_format: daemon::logs::LogFormat::Text,
             tls_cert: None,
             tls_key: None,
@@ -239,6 +244,9 @@ impl ServerConfig {
             return Err(ServerError::Invalid(
                 "statements-per-host must be at least 1".into(),
             ));
+        }
+        if self.threads == 0 {
+            return Err(ServerError::Invalid("threads must be at least 1".into()));
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(ServerError::Invalid(

@@ -280,17 +280,17 @@ impl Tweets {
     /// parallel.
     async fn fetch(&self, ids: &[u64]) -> Result<HashMap<u64, Tweet>, TweetError> {
         let router = &self.proxy.router;
-        let mut groups: HashMap<String, (Arc<Node<TbirdShard>>, Vec<u64>)> = HashMap::new();
+        // Grouped by tree: the router hands out one node per tree, so its address names it.
+        let mut groups: Vec<(Arc<Node<TbirdShard>>, Vec<u64>)> = Vec::new();
         for &id in ids {
             let tree = router.tree(TWEETS_TABLE, id).await?;
-            groups
-                .entry(tree.id().to_string())
-                .or_insert_with(|| (tree, Vec::new()))
-                .1
-                .push(id);
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &tree)) {
+                Some((_, ids)) => ids.push(id),
+                None => groups.push((tree, vec![id])),
+            }
         }
         let reads = groups
-            .values()
+            .iter()
             .map(|(tree, ids)| tree.read(move |leaf| self.reads.get(leaf, ids)));
         let mut found = HashMap::with_capacity(ids.len());
         for result in join_all(reads).await {

@@ -48,7 +48,9 @@ fn every_series_has_help(text: &str) -> Vec<String> {
 
 async fn only_metrics_is_served(addr: &str) {
     for path in ["/", "/health", "/metrics/x"] {
-        let (head, _) = daemon::metrics::request(addr, "GET", path).await.expect("GET");
+        let (head, _) = daemon::metrics::request(addr, "GET", path)
+            .await
+            .expect("GET");
         assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
     }
 }

@@ -326,8 +326,15 @@ fn weighted_order<'a, S>(children: &'a [(u32, Node<S>)], rng: &mut impl Rng) -> 
 
 /// Removes repeated leaves (a leaf reachable twice in a DAG), keeping the first.
 fn dedup<S>(leaves: &mut Vec<&Leaf<S>>) {
-    let mut seen = std::collections::HashSet::new();
-    leaves.retain(|leaf| seen.insert(leaf.id.clone()));
+    // A handful of leaves: comparing beats hashing, and nothing is cloned on every read.
+    let mut kept = 0;
+    for i in 0..leaves.len() {
+        if !leaves[..kept].iter().any(|seen| seen.id == leaves[i].id) {
+            leaves.swap(kept, i);
+            kept += 1;
+        }
+    }
+    leaves.truncate(kept);
 }
 
 #[cfg(test)]

@@ -544,7 +544,9 @@ impl Target {
             }
             Target::Direct(direct) => {
                 let leaf = direct.reader(TIMELINES_TABLE, user)?;
-                let ids = leaf.timeline(user, None, page as usize).await?;
+                let ids = leaf
+                    .timeline(&store::Page::new(user, None, page as usize))
+                    .await?;
                 direct.fetch(&ids).await?;
             }
         }

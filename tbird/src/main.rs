@@ -917,9 +917,19 @@ mod tests {
             "1s",
             "--log-format",
             "json",
+            "--threads",
+            "2",
         ])
         .expect("serve parses");
-        assert_eq!(log_format(&serve.command), LogFormat::Json);
+        let Command::Serve(args) = serve.command else {
+            panic!("a serve command");
+        };
+        let config = args.config().expect("the flags make a config");
+        assert_eq!(
+            (config.log_format, config.threads, config.job_workers),
+            (LogFormat::Json, 2, 2)
+        );
+        assert_eq!(config.leaf_timeout, Duration::from_secs(1));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use gizzard::{
 
 use crate::{
     ids::{IdSource, IdsError},
-    reads::TweetReads,
-    store::{TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
+    reads::{TimelineReads, TweetReads},
+    store::{Page, TIMELINES_TABLE, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::{InvalidTweet, Tweet, validate_id, validate_text},
 };
 
@@ -90,6 +90,7 @@ pub struct Tweets {
     proxy: Arc<TbirdProxy>,
     ids: IdSource,
     reads: Arc<TweetReads>,
+    timelines: Arc<TimelineReads>,
 }
 
 impl std::fmt::Debug for Tweets {
@@ -102,10 +103,15 @@ impl std::fmt::Debug for Tweets {
 
 impl Tweets {
     /// Returns the tweets on `proxy`, taking new ids from `ids`, with at most
-    /// `reads_per_host` read queries in flight on each host.
+    /// `reads_per_host` tweet reads, and as many timeline reads, in flight on each host.
     pub fn new(proxy: Arc<TbirdProxy>, ids: IdSource, reads_per_host: usize) -> Self {
-        let reads = Arc::new(TweetReads::new(proxy.settings().db_timeout, reads_per_host));
-        Self { proxy, ids, reads }
+        let timeout = proxy.settings().db_timeout;
+        Self {
+            reads: Arc::new(TweetReads::new(timeout, reads_per_host)),
+            timelines: Arc::new(TimelineReads::new(timeout, reads_per_host)),
+            proxy,
+            ids,
+        }
     }
 
     /// Stores a new tweet of `draft` under a new id and returns it.
@@ -239,10 +245,9 @@ impl Tweets {
             return Err(TweetError::MaxIdOutOfRange(max_id));
         }
         let limit = limit as usize;
+        let page = Page::new(user_id, max_id, limit);
         let tree = self.proxy.router.tree(TIMELINES_TABLE, user_id).await?;
-        let ids = tree
-            .read(|leaf| leaf.shard.timeline(user_id, max_id, limit))
-            .await?;
+        let ids = tree.read(|leaf| self.timelines.get(leaf, page)).await?;
         let found = self.fetch(&ids).await?;
         let tweets = ids
             .iter()

@@ -11,7 +11,7 @@ use gizzard::{
     shards::{PhysicalShard, WriteOp},
 };
 use tbird::{
-    store::{Kind, Row, TbirdShard, TbirdWrite},
+    store::{Kind, Page, Row, TbirdShard, TbirdWrite},
     tweet::Tweet,
 };
 
@@ -171,19 +171,34 @@ async fn a_delete_after_its_tweet_wins_and_repeats_safely(url: &str) {
 async fn timelines_page_newest_first_without_removed_tweets(url: &str) {
     let timeline = filled_timeline(url).await;
     assert_eq!(
-        timeline.timeline(5, None, 2).await.expect("page 1"),
+        timeline
+            .timeline(&Page::new(5, None, 2))
+            .await
+            .expect("page 1"),
         [400, 200]
     );
     assert_eq!(
-        timeline.timeline(5, Some(199), 3).await.expect("page 2"),
+        timeline
+            .timeline(&Page::new(5, Some(199), 3))
+            .await
+            .expect("page 2"),
         [100]
     );
     assert_eq!(
-        timeline.timeline(5, None, 10).await.expect("all"),
+        timeline
+            .timeline(&Page::new(5, None, 10))
+            .await
+            .expect("all"),
         [400, 200, 100],
         "a removal wins over a later add"
     );
-    assert_eq!(timeline.timeline(6, None, 10).await.expect("user 6"), [250]);
+    assert_eq!(
+        timeline
+            .timeline(&Page::new(6, None, 10))
+            .await
+            .expect("user 6"),
+        [250]
+    );
     assert!(
         timeline
             .timeline(7, None, 10)

@@ -12,7 +12,7 @@ use db::{Database, DbError};
 use futures::{FutureExt, future::BoxFuture};
 use gizzard::shards::{Checksum, ShardError};
 
-use super::{Kind, Row, TbirdShard, mysql::Mysql, sqlite::Sqlite};
+use super::{Kind, Page, Row, TbirdShard, mysql::Mysql, sqlite::Sqlite};
 use crate::tweet::Tweet;
 
 /// One database's way with T-Bird's tables.
@@ -54,6 +54,15 @@ pub(super) trait Backend: fmt::Debug + Send + Sync {
         reads: &'a [(&'a TbirdShard, &'a [u64])],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tweet>>, ShardError>> {
         TbirdShard::get_tweets_alone(reads).boxed()
+    }
+
+    /// Returns the timeline page of each `(shard, page)` read, in order (see
+    /// [`TbirdShard::timelines_of`]); the shards all have this backend.
+    fn read_timelines<'a>(
+        &'a self,
+        reads: &'a [(&'a TbirdShard, &'a Page)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<u64>>, ShardError>> {
+        TbirdShard::timelines_alone(reads).boxed()
     }
 
     /// Merges a coalesced write batch of `shard`, sorted by key.

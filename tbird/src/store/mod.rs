@@ -76,6 +76,25 @@ pub struct TbirdShard {
     merges: Option<Arc<Merges>>,
 }
 
+/// A page of one user's timeline to read: up to `limit` tweet ids, newest first, at most
+/// `max_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub user_id: u64,
+    pub max_id: Option<u64>,
+    pub limit: usize,
+}
+
+impl Page {
+    pub fn new(user_id: u64, max_id: Option<u64>, limit: usize) -> Self {
+        Self {
+            user_id,
+            max_id,
+            limit,
+        }
+    }
+}
+
 /// A stored row of either table, tombstones included.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Row {
@@ -239,32 +258,21 @@ impl TbirdShard {
         Ok(found)
     }
 
-    /// Returns up to `limit` live tweet ids of `user_id`, newest first, at most `max_id`.
-    pub async fn timeline(
-        &self,
-        user_id: u64,
-        max_id: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<u64>, ShardError> {
+    /// Returns up to `page.limit` live tweet ids of `page.user_id`, newest first, at most
+    /// `page.max_id`.
+    pub async fn timeline(&self, page: &Page) -> Result<Vec<u64>, ShardError> {
         if self.kind != Kind::Timelines {
             return Err(self.wrong_kind("a timeline read"));
         }
-        let max_id = match max_id {
-            None => i64::MAX,
-            // Cast, an id past 2^63 would turn negative and silently match nothing.
-            Some(id) => i64::try_from(id).map_err(|_| ShardError::Query {
-                shard: self.id.to_string(),
-                message: format!("max_id {id} is out of range: tweet ids are below 2^63"),
-            })?,
-        };
         let sql = format!(
             "SELECT tweet_id FROM {} WHERE user_id = ? AND tweet_id <= ? AND deleted = 0 \
-             ORDER BY tweet_id DESC LIMIT {limit}",
-            self.table
+             ORDER BY tweet_id DESC LIMIT {}",
+            self.table, page.limit
         );
+        let max_id = self.max_id_bound(page)?;
         let found = self
             .db
-            .query_ints(sql, int_params(vec![user_id as i64, max_id]))
+            .query_ints(sql, int_params(vec![page.user_id as i64, max_id]))
             .await
             .map_err(|e| self.err(e))?;
         Ok(found
@@ -272,6 +280,37 @@ impl TbirdShard {
             .filter_map(|row| row.first().copied().flatten())
             .map(|id| id as u64)
             .collect())
+    }
+
+    /// Returns the largest tweet id `page` reads, as stored (a signed BIGINT).
+    fn max_id_bound(&self, page: &Page) -> Result<i64, ShardError> {
+        match page.max_id {
+            None => Ok(i64::MAX),
+            // Cast, an id past 2^63 would turn negative and silently match nothing.
+            Some(id) => i64::try_from(id).map_err(|_| ShardError::Query {
+                shard: self.id.to_string(),
+                message: format!("max_id {id} is out of range: tweet ids are below 2^63"),
+            }),
+        }
+    }
+
+    /// Returns the timeline page of each `(shard, page)` read, in order. Reads of timeline
+    /// tables behind one MySQL pool go out as one `UNION ALL` statement, as tweet reads do
+    /// ([`TbirdShard::get_tweets_of`]); others run one by one.
+    pub async fn timelines_of(reads: &[(&TbirdShard, &Page)]) -> Result<Vec<Vec<u64>>, ShardError> {
+        match reads.first() {
+            Some((first, _)) => first.backend.read_timelines(reads).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Returns the timeline page of each read, one statement per read.
+    async fn timelines_alone(reads: &[(&TbirdShard, &Page)]) -> Result<Vec<Vec<u64>>, ShardError> {
+        let mut found = Vec::with_capacity(reads.len());
+        for (shard, page) in reads {
+            found.push(shard.timeline(page).await?);
+        }
+        Ok(found)
     }
 
     /// Selects rows matching `filter` (with `?` placeholders for `params`) in cursor order.
@@ -611,7 +650,7 @@ mod tests {
     async fn a_max_id_past_2_63_is_refused_by_name() {
         let shard = mysql_shard(Kind::Timelines, "t_0000").await;
         let err = shard
-            .timeline(1, Some(1 << 63), 10)
+            .timeline(&Page::new(1, Some(1 << 63), 10))
             .await
             .expect_err("out of range");
         assert_eq!(

@@ -10,7 +10,7 @@ use gizzard::shards::{Checksum, ShardError};
 use mysql_async::prelude::Queryable;
 
 use super::{
-    Kind, Row, TbirdShard,
+    Kind, Page, Row, TbirdShard,
     backend::Backend,
     content_wins_sql, int_params,
     load::{LOAD_MIN_ROWS, LOAD_ROWS},
@@ -117,6 +117,21 @@ impl Backend for Mysql {
             union::read(reads).boxed()
         } else {
             TbirdShard::get_tweets_alone(reads).boxed()
+        }
+    }
+
+    fn read_timelines<'a>(
+        &'a self,
+        reads: &'a [(&'a TbirdShard, &'a Page)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<u64>>, ShardError>> {
+        let together = reads.len() > 1
+            && reads
+                .iter()
+                .all(|(s, _)| s.kind == Kind::Timelines && s.shares_pool_with(reads[0].0));
+        if together {
+            union::timelines(reads).boxed()
+        } else {
+            TbirdShard::timelines_alone(reads).boxed()
         }
     }
 

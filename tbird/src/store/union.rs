@@ -1,12 +1,13 @@
-//! Tweet reads of several tables behind one MySQL pool in one `UNION ALL` statement, so a
-//! host pays one round trip and one parse for many readers ([`crate::reads`] gathers them).
+//! Reads of several tables behind one MySQL pool in one `UNION ALL` statement, so a host pays
+//! one round trip and one parse for many readers ([`crate::reads`] gathers them): tweets by id
+//! ([`read`]) and timeline pages ([`timelines`]).
 
 use std::fmt::Write;
 
 use gizzard::shards::ShardError;
 use mysql_async::prelude::Queryable;
 
-use super::{Row, TbirdShard, rows::TweetColumns};
+use super::{Page, Row, TbirdShard, rows::TweetColumns};
 use crate::tweet::Tweet;
 
 /// Returns the stored tweets of each `(shard, ids)` read, in order, from one statement. The
@@ -70,6 +71,55 @@ fn statement(reads: &[(&TbirdShard, &[u64])]) -> String {
     sql
 }
 
+/// Returns the timeline page of each `(shard, page)` read, in order, from one statement. The
+/// shards are timeline shards sharing the first one's MySQL pool.
+pub(super) async fn timelines(reads: &[(&TbirdShard, &Page)]) -> Result<Vec<Vec<u64>>, ShardError> {
+    let Some(&(first, _)) = reads.first() else {
+        return Ok(Vec::new());
+    };
+    let sql = timelines_statement(reads)?;
+    let rows: Vec<(usize, i64)> = first
+        .db
+        .mysql(|mut c| async move { c.query(sql).await })
+        .await
+        .map_err(|e| first.err(e))?;
+    let mut found = vec![Vec::new(); reads.len()];
+    for (part, id) in rows {
+        let unreadable = || ShardError::Query {
+            shard: first.id.to_string(),
+            message: format!("unreadable row of part {part}"),
+        };
+        found.get_mut(part).ok_or_else(unreadable)?.push(id as u64);
+    }
+    // A union's rows come in no promised order: each page is put newest first again.
+    for ids in &mut found {
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    Ok(found)
+}
+
+/// Returns one statement reading every `(shard, page)` pair, each a parenthesized select with
+/// its own order and limit, each row tagged with its pair's position. Values are integers,
+/// inlined as in [`statement`].
+fn timelines_statement(reads: &[(&TbirdShard, &Page)]) -> Result<String, ShardError> {
+    let mut sql = String::with_capacity(reads.len() * 160);
+    for (part, (shard, page)) in reads.iter().enumerate() {
+        if part > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        let _ = write!(
+            sql,
+            "(SELECT {part}, tweet_id FROM {} WHERE user_id = {} AND tweet_id <= {} \
+             AND deleted = 0 ORDER BY tweet_id DESC LIMIT {})",
+            shard.table,
+            page.user_id as i64,
+            shard.max_id_bound(page)?,
+            page.limit
+        );
+    }
+    Ok(sql)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +150,40 @@ mod tests {
         ]
         .join(" UNION ALL ");
         assert_eq!(sql, expected);
+    }
+
+    #[tokio::test]
+    async fn each_timeline_page_is_one_parenthesized_select_with_its_own_limit() {
+        let (a, b) = (
+            mysql_shard(Kind::Timelines, "t_0000").await,
+            mysql_shard(Kind::Timelines, "t_0001").await,
+        );
+        let first = Page {
+            user_id: 5,
+            max_id: None,
+            limit: 20,
+        };
+        let second = Page {
+            user_id: 6,
+            max_id: Some(99),
+            limit: 3,
+        };
+        let sql = timelines_statement(&[(&a, &first), (&b, &second)]).expect("valid pages");
+        assert_eq!(
+            sql,
+            format!(
+                "(SELECT 0, tweet_id FROM t_0000_timelines WHERE user_id = 5 AND tweet_id <= {} \
+                 AND deleted = 0 ORDER BY tweet_id DESC LIMIT 20) UNION ALL (SELECT 1, \
+                 tweet_id FROM t_0001_timelines WHERE user_id = 6 AND tweet_id <= 99 AND \
+                 deleted = 0 ORDER BY tweet_id DESC LIMIT 3)",
+                i64::MAX
+            )
+        );
+        let past = Page {
+            max_id: Some(1 << 63),
+            ..first
+        };
+        let err = timelines_statement(&[(&a, &past)]).expect_err("max_id past 2^63");
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use gizzard::{
 use mysql_async::prelude::Queryable;
 use proto::tbird::v1::{GetTweetsRequest, PostTweetRequest, UserTweetsRequest};
 use tbird::{
-    store::{Kind, Row, TWEETS_TABLE, TbirdShard, TbirdWrite},
+    store::{Kind, Page, Row, TWEETS_TABLE, TbirdShard, TbirdWrite},
     tweet::Tweet,
     tweets::TbirdProxy,
 };
@@ -226,7 +226,13 @@ async fn put_and_delete_in_one_statement(db: Database) {
     TbirdWrite::apply_batch(&[&remove, &other, &add], &timeline)
         .await
         .expect("one statement");
-    assert_eq!(timeline.timeline(4, None, 10).await.expect("timeline"), [3]);
+    assert_eq!(
+        timeline
+            .timeline(&Page::new(4, None, 10))
+            .await
+            .expect("timeline"),
+        [3]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

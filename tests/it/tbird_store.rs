@@ -110,6 +110,7 @@ tests::backend_suite!(
     a_delete_before_its_tweet_wins,
     a_delete_after_its_tweet_wins_and_repeats_safely,
     timelines_page_newest_first_without_removed_tweets,
+    timeline_pages_read_together_match_each_read_alone,
     the_cursor_pages_through_every_timeline_row_once,
     a_copy_checksums_the_same_with_its_index_deferred,
 );
@@ -201,10 +202,42 @@ async fn timelines_page_newest_first_without_removed_tweets(url: &str) {
     );
     assert!(
         timeline
-            .timeline(7, None, 10)
+            .timeline(&Page::new(7, None, 10))
             .await
             .expect("user 7")
             .is_empty()
+    );
+}
+
+/// On MariaDB the pages go out as one union of limited selects; its rows must split back into
+/// the same pages, newest first, as reading each alone gives.
+async fn timeline_pages_read_together_match_each_read_alone(url: &str) {
+    let timeline = filled_timeline(url).await;
+    let pages = [
+        Page::new(5, None, 2),
+        Page::new(6, None, 10),
+        Page::new(5, Some(199), 3),
+        Page::new(7, None, 10),
+        Page::new(5, None, 10),
+    ];
+    let reads: Vec<(&TbirdShard, &Page)> = pages.iter().map(|page| (&timeline, page)).collect();
+    let together = TbirdShard::timelines_of(&reads)
+        .await
+        .expect("pages read together");
+    let mut alone = Vec::new();
+    for page in &pages {
+        alone.push(timeline.timeline(page).await.expect("a page alone"));
+    }
+    assert_eq!(together, alone);
+    assert_eq!(
+        together,
+        [
+            vec![400, 200],
+            vec![250],
+            vec![100],
+            vec![],
+            vec![400, 200, 100]
+        ]
     );
 }
 

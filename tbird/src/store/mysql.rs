@@ -22,6 +22,15 @@ use crate::tweet::Tweet;
 #[derive(Debug)]
 pub(super) struct Mysql;
 
+/// Returns whether `reads` (of several shards) can share one `UNION ALL` statement: all of
+/// `kind`, all through the first one's pool.
+fn one_statement<T>(reads: &[(&TbirdShard, T)], kind: Kind) -> bool {
+    reads.len() > 1
+        && reads
+            .iter()
+            .all(|(s, _)| s.kind == kind && s.shares_pool_with(reads[0].0))
+}
+
 impl Backend for Mysql {
     fn schema(&self, kind: Kind, table: &str) -> String {
         match kind {
@@ -109,11 +118,7 @@ impl Backend for Mysql {
         &'a self,
         reads: &'a [(&'a TbirdShard, &'a [u64])],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tweet>>, ShardError>> {
-        let together = reads.len() > 1
-            && reads
-                .iter()
-                .all(|(s, _)| s.kind == Kind::Tweets && s.shares_pool_with(reads[0].0));
-        if together {
+        if one_statement(reads, Kind::Tweets) {
             union::read(reads).boxed()
         } else {
             TbirdShard::get_tweets_alone(reads).boxed()
@@ -124,11 +129,7 @@ impl Backend for Mysql {
         &'a self,
         reads: &'a [(&'a TbirdShard, &'a Page)],
     ) -> BoxFuture<'a, Result<Vec<Vec<u64>>, ShardError>> {
-        let together = reads.len() > 1
-            && reads
-                .iter()
-                .all(|(s, _)| s.kind == Kind::Timelines && s.shares_pool_with(reads[0].0));
-        if together {
+        if one_statement(reads, Kind::Timelines) {
             union::timelines(reads).boxed()
         } else {
             TbirdShard::timelines_alone(reads).boxed()

@@ -172,9 +172,9 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "(SELECT 0, tweet_id FROM t_0000_timelines WHERE user_id = 5 AND tweet_id <= {} \
+                "(SELECT 0, tweet_id FROM t_0000_timeline WHERE user_id = 5 AND tweet_id <= {} \
                  AND deleted = 0 ORDER BY tweet_id DESC LIMIT 20) UNION ALL (SELECT 1, \
-                 tweet_id FROM t_0001_timelines WHERE user_id = 6 AND tweet_id <= 99 AND \
+                 tweet_id FROM t_0001_timeline WHERE user_id = 6 AND tweet_id <= 99 AND \
                  deleted = 0 ORDER BY tweet_id DESC LIMIT 3)",
                 i64::MAX
             )

@@ -61,6 +61,21 @@ pub enum TweetError {
     PartlyPosted { id: u64, cause: WriteError },
 }
 
+/// Why a tweet and its timeline entry were not both stored.
+#[derive(Debug)]
+struct Unstored {
+    /// The failed write's error (the tweet's, when both failed).
+    cause: WriteError,
+    /// Whether both writes were refused before going out, so nothing of the tweet is stored.
+    wrote_nothing: bool,
+}
+
+impl From<Unstored> for TweetError {
+    fn from(failed: Unstored) -> Self {
+        Self::Write(failed.cause)
+    }
+}
+
 /// A tweet's content as a client sends it, not validated yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Draft {
@@ -132,9 +147,12 @@ impl Tweets {
         };
         match self.store(&tweet).await {
             Ok(()) => Ok(tweet),
-            Err(cause) => Err(TweetError::PartlyPosted {
+            // Refused before either write went out: nothing of it is stored, and posting
+            // again is safe.
+            Err(failed) if failed.wrote_nothing => Err(TweetError::Write(failed.cause)),
+            Err(failed) => Err(TweetError::PartlyPosted {
                 id: tweet.id,
-                cause,
+                cause: failed.cause,
             }),
         }
     }
@@ -264,7 +282,7 @@ impl Tweets {
     }
 
     /// Writes the tweet and its timeline entry; both commute, so they go in parallel.
-    async fn store(&self, tweet: &Tweet) -> Result<(), WriteError> {
+    async fn store(&self, tweet: &Tweet) -> Result<(), Unstored> {
         let writer = &self.proxy.writer;
         let put = TbirdWrite::PutTweet(tweet.clone());
         let add = TbirdWrite::AddToTimeline {
@@ -275,9 +293,17 @@ impl Tweets {
             writer.write(TWEETS_TABLE, tweet.id, &put),
             writer.write(TIMELINES_TABLE, tweet.user_id, &add)
         );
-        a?;
-        b?;
-        Ok(())
+        match (a, b) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(a), Err(b)) => Err(Unstored {
+                wrote_nothing: a.wrote_nothing() && b.wrote_nothing(),
+                cause: a,
+            }),
+            (Err(cause), Ok(_)) | (Ok(_), Err(cause)) => Err(Unstored {
+                wrote_nothing: false,
+                cause,
+            }),
+        }
     }
 
     /// Returns the stored tweets of `ids` (tombstones included), reading each shard's ids in

@@ -10,6 +10,7 @@ use gizzard::{
     server::ProxySettings,
     shards::{PhysicalShard, WriteOp},
 };
+use mysql_async::prelude::Queryable;
 use proto::{
     gizzard::v1::{self as gpb, start_migration_request::Kind},
     tbird::v1::{GetTweetRequest, PostTweetRequest, tweets_client::TweetsClient},
@@ -42,6 +43,29 @@ async fn behind_relay(cluster: &TweetCluster, lease: Duration) -> (Relay, TweetS
         })
         .await;
     (relay, server)
+}
+
+/// Returns the rows of `user` in the tweet tables and in the timeline tables of the first
+/// replica host (every range of a `TweetCluster` has a replica there).
+async fn rows_of_user(cluster: &TweetCluster, user: u64) -> (usize, usize) {
+    let mut conn = cluster.hosts[0].connect("tbird").await.expect("connect");
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.expect("tables");
+    let (mut tweets, mut timeline) = (0, 0);
+    for table in tables {
+        let rows: Option<usize> = conn
+            .query_first(format!(
+                "SELECT COUNT(*) FROM {table} WHERE user_id = {user}"
+            ))
+            .await
+            .expect("count");
+        let rows = rows.unwrap_or(0);
+        if table.ends_with("_tweets") {
+            tweets += rows;
+        } else {
+            timeline += rows;
+        }
+    }
+    (tweets, timeline)
 }
 
 fn move_kind(shard: &str, to_host: &str) -> Kind {
@@ -156,7 +180,8 @@ async fn a_server_cut_off_from_the_nameserver_loses_no_acknowledged_post_across_
 
 /// The nameserver's MariaDB stops answering for 10 s (SIGSTOP). Reads go on; writes are
 /// acknowledged until the lease lapses, then refused naming the reason; they resume on their
-/// own once it answers. Prints the write unavailability window.
+/// own once it answers. A post refused before any write says so, names no id to finish, and
+/// stores nothing. Prints the write unavailability window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_stop_within_the_lease_of_a_nameserver_outage_and_resume_after_it() {
     let (mut cluster, server) = TweetCluster::start(2, 2, 2).await;
@@ -172,15 +197,30 @@ async fn writes_stop_within_the_lease_of_a_nameserver_outage_and_resume_after_it
     let paused_at = Instant::now();
     let mut first_refusal = None;
     let mut last_ack_in_outage = None;
+    let (mut acked, mut in_doubt, mut refused_cleanly) = (0, 0, 0);
     while paused_at.elapsed() < Duration::from_secs(10) {
         match post(&server.tweets, 2, "during the outage").await {
-            Ok(_) => last_ack_in_outage = Some(paused_at.elapsed()),
+            Ok(_) => {
+                last_ack_in_outage = Some(paused_at.elapsed());
+                acked += 1;
+            }
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
                 assert!(
                     status.message().contains("routing unconfirmed for"),
                     "{status}"
                 );
+                if status.message().contains("may be partly stored") {
+                    // The lease lapsed while this post ran: it may have landed, and names
+                    // its id so the caller can finish it.
+                    assert!(status.metadata().get("tweet-id").is_some(), "{status:?}");
+                    in_doubt += 1;
+                } else {
+                    // Refused before any write: nothing to finish, no id to finish it with.
+                    assert!(status.message().starts_with("write refused"), "{status}");
+                    assert!(status.metadata().get("tweet-id").is_none(), "{status:?}");
+                    refused_cleanly += 1;
+                }
                 first_refusal.get_or_insert(paused_at.elapsed());
             }
         }
@@ -192,6 +232,10 @@ async fn writes_stop_within_the_lease_of_a_nameserver_outage_and_resume_after_it
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first_refusal = first_refusal.expect("writes were refused during the outage");
+    assert!(
+        refused_cleanly > 0,
+        "posts after the lease lapsed are refused before any write, not left in doubt"
+    );
     if let Some(last) = last_ack_in_outage {
         assert!(
             last < first_refusal,
@@ -205,6 +249,14 @@ async fn writes_stop_within_the_lease_of_a_nameserver_outage_and_resume_after_it
     })
     .await;
     let back = resumed_at.elapsed();
+    let (tweets, timeline) = rows_of_user(&cluster, 2).await;
+    for rows in [tweets, timeline] {
+        assert!(
+            (acked..=acked + in_doubt).contains(&rows),
+            "{acked} posts acknowledged and {in_doubt} in doubt, {tweets} tweets and \
+             {timeline} timeline rows stored: a refused post stores nothing"
+        );
+    }
     eprintln!(
         "10 s nameserver outage, lease {lease:?}: writes acknowledged for {:?}, refused from \
          {first_refusal:?} until {back:?} after it ended: unavailable for {:?}",

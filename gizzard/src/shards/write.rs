@@ -94,6 +94,13 @@ pub enum WriteError {
     LeaseLapsed(RoutingLeaseError),
 }
 
+impl WriteError {
+    /// Whether the write was refused before any leaf was sent it, so nothing of it is stored.
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(self, Self::Route(_) | Self::Unconfirmed(_))
+    }
+}
+
 impl From<RouteError> for WriteError {
     fn from(err: RouteError) -> Self {
         Self::Route(err)

@@ -9,7 +9,11 @@ use std::{collections::HashMap, sync::Arc};
 use futures::future::join_all;
 use gizzard::{
     server::Proxy,
-    shards::{Node, ShardError, WriteError, router::RouteError},
+    shards::{
+        Node, ShardError, WriteError,
+        health::{MAX_HEDGE, Op},
+        router::RouteError,
+    },
 };
 
 use crate::{
@@ -327,6 +331,51 @@ impl Tweets {
         for result in join_all(reads).await {
             found.extend(result?.into_iter().map(|t| (t.id, t)));
         }
+        let misses: Vec<(&Node<TbirdShard>, Vec<u64>)> = groups
+            .iter()
+            .map(|(tree, ids)| {
+                let missed = ids.iter().filter(|id| !found.contains_key(id)).copied();
+                (&**tree, missed.collect::<Vec<u64>>())
+            })
+            .filter(|(_, missed)| !missed.is_empty())
+            .collect();
+        let confirms = misses
+            .iter()
+            .map(|(tree, ids)| self.on_other_replicas(tree, ids));
+        for tweet in join_all(confirms).await.into_iter().flatten() {
+            found
+                .entry(tweet.id)
+                .and_modify(|t| *t = t.merge(&tweet))
+                .or_insert(tweet);
+        }
         Ok(found)
+    }
+
+    /// Returns what the replicas of `tree` store of `ids`, which the replica read first did
+    /// not have. A replica can lack an acknowledged tweet for a while (its write waits in the
+    /// retry queue, or a fault lost it until anti-entropy repairs it), so a miss is asked of
+    /// every readable replica before it counts as not found. Suspect replicas are skipped,
+    /// and each other one gets its hedge to answer: a miss never waits for a frozen replica's
+    /// deadline. A replica that fails or is late adds nothing.
+    async fn on_other_replicas(&self, tree: &Node<TbirdShard>, ids: &[u64]) -> Vec<Tweet> {
+        // The readable leaves only: not a migration's half-copied destination, nor a blocked
+        // one. The first read succeeded, so there is at least one.
+        let leaves = tree.read_order(&mut rand::rng()).unwrap_or_default();
+        if leaves.len() < 2 {
+            return Vec::new();
+        }
+        let reads = leaves
+            .into_iter()
+            .filter(|leaf| !leaf.health.is_suspect())
+            .map(|leaf| {
+                let patience = leaf.health.hedge(Op::Read, MAX_HEDGE);
+                tokio::time::timeout(patience, self.reads.get(leaf, ids))
+            });
+        join_all(reads)
+            .await
+            .into_iter()
+            .filter_map(|read| read.ok()?.ok())
+            .flatten()
+            .collect()
     }
 }

@@ -2,13 +2,14 @@
 //! `PutTweet` of a taken id is refused with ALREADY_EXISTS and touches no timeline, the same
 //! content again is fine, racing puts of one id leave exactly one winner whose user alone
 //! lists the tweet, and a post that fails after its id was assigned names that id so that
-//! `PutTweet` can finish it without making a second tweet.
+//! `PutTweet` can finish it without making a second tweet. A tweet only one replica holds yet
+//! reads back whichever replica a read tries first.
 
 use std::{sync::Arc, time::Duration};
 
-use gizzard::shards::PhysicalShard;
+use gizzard::shards::{PhysicalShard, WriteOp};
 use proto::tbird::v1::{
-    GetTweetRequest, PostTweetRequest, PutTweetRequest, Tweet, UserTweetsRequest,
+    GetTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest, Tweet, UserTweetsRequest,
     tweets_client::TweetsClient,
 };
 use tbird::{
@@ -278,4 +279,45 @@ async fn a_post_that_fails_part_way_names_its_id_for_put_tweet() {
         assert_eq!(rows.len(), 1, "{}: {rows:?}", leaf.id);
     }
     server.shutdown.cancel();
+}
+
+/// A tweet only one replica holds yet (the other's write still waits in the retry queue, or a
+/// fault lost it until anti-entropy repairs it) reads back wherever a read lands first, alone
+/// and in a multi-get; an id that no replica holds is still NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tweet_on_one_replica_only_reads_back_from_either() {
+    let (_cluster, server) = TweetCluster::start(2, 2, 1).await;
+    let h0 = "h0/t1_0000".parse().expect("shard id");
+    let ahead = server.proxy.router.leaf(&h0).await.expect("leaf").shard;
+    let id = 1 << 40;
+    let only_h0 = tbird::tweet::Tweet::new(id, 7, "only on h0".into(), None).expect("valid");
+    TbirdWrite::PutTweet(only_h0)
+        .apply(&ahead)
+        .await
+        .expect("write h0 alone");
+    let mut client = Client::connect(format!("http://{}", server.tweets))
+        .await
+        .expect("connect");
+    // Reads try a replica at random: twenty reads all try h0 first once in a million.
+    for _ in 0..20 {
+        let read = client
+            .get_tweet(GetTweetRequest { id })
+            .await
+            .expect("the tweet reads back");
+        assert_eq!(read.into_inner().text, "only on h0");
+    }
+    let many = client
+        .get_tweets(GetTweetsRequest {
+            ids: vec![id, id + 1],
+        })
+        .await
+        .expect("multi-get")
+        .into_inner();
+    let ids: Vec<u64> = many.tweets.iter().map(|t| t.id).collect();
+    assert_eq!((ids, many.missing), (vec![id], vec![id + 1]));
+    let absent = client
+        .get_tweet(GetTweetRequest { id: id + 1 })
+        .await
+        .expect_err("no replica holds it");
+    assert_eq!(absent.code(), Code::NotFound, "{absent}");
 }

@@ -3,11 +3,13 @@
 //! content again is fine, racing puts of one id leave exactly one winner whose user alone
 //! lists the tweet, and a post that fails after its id was assigned names that id so that
 //! `PutTweet` can finish it without making a second tweet. A tweet only one replica holds yet
-//! reads back whichever replica a read tries first.
+//! reads back whichever replica a read tries first, while the other's write waits in the retry
+//! queue.
 
 use std::{sync::Arc, time::Duration};
 
-use gizzard::shards::{PhysicalShard, WriteOp};
+use gizzard::{scheduler::queue::Priority, shards::PhysicalShard};
+use mysql_async::prelude::Queryable;
 use proto::tbird::v1::{
     GetTweetRequest, GetTweetsRequest, PostTweetRequest, PutTweetRequest, Tweet, UserTweetsRequest,
     tweets_client::TweetsClient,
@@ -281,30 +283,58 @@ async fn a_post_that_fails_part_way_names_its_id_for_put_tweet() {
     server.shutdown.cancel();
 }
 
-/// A tweet only one replica holds yet (the other's write still waits in the retry queue, or a
-/// fault lost it until anti-entropy repairs it) reads back wherever a read lands first, alone
-/// and in a multi-get; an id that no replica holds is still NOT_FOUND.
+/// A replica that refuses a post's write (a trigger on h1 raises an error) leaves the tweet
+/// on h0 and a retry job for h1, held back by pausing retries: the post is acknowledged, and
+/// the tweet then reads back wherever a read lands first, alone and in a multi-get, though h1
+/// answers reads without it. An id that no replica holds is still NOT_FOUND. Once retries
+/// resume, h1 gets the tweet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tweet_on_one_replica_only_reads_back_from_either() {
-    let (_cluster, server) = TweetCluster::start(2, 2, 1).await;
-    let h0 = "h0/t1_0000".parse().expect("shard id");
-    let ahead = server.proxy.router.leaf(&h0).await.expect("leaf").shard;
-    let id = 1 << 40;
-    let only_h0 = tbird::tweet::Tweet::new(id, 7, "only on h0".into(), None).expect("valid");
-    TbirdWrite::PutTweet(only_h0)
-        .apply(&ahead)
-        .await
-        .expect("write h0 alone");
+async fn a_tweet_whose_write_waits_in_a_replicas_retry_queue_reads_back_from_either() {
+    let (cluster, server) = TweetCluster::start(2, 2, 1).await;
+    let queue = &server.proxy.queue;
+    queue.pause(Priority::High).await.expect("pause retries");
+    let mut h1 = cluster.hosts[1].connect("tbird").await.expect("connect h1");
+    h1.query_drop(
+        "CREATE TRIGGER refuse BEFORE INSERT ON t1_0000_tweets FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'h1 refuses writes'",
+    )
+    .await
+    .expect("create the trigger");
     let mut client = Client::connect(format!("http://{}", server.tweets))
         .await
         .expect("connect");
+    let id = client
+        .post_tweet(PostTweetRequest {
+            user_id: 7,
+            text: "h1 missed this".into(),
+            in_reply_to: None,
+        })
+        .await
+        .expect("acknowledged: h0 applied it, h1 has a retry job")
+        .into_inner()
+        .id;
+    h1.query_drop("DROP TRIGGER refuse")
+        .await
+        .expect("drop the trigger");
+    let on_h1 = |mut h1: mysql_async::Conn| async move {
+        let rows: Option<u64> = h1
+            .query_first(format!(
+                "SELECT COUNT(*) FROM t1_0000_tweets WHERE id = {id}"
+            ))
+            .await
+            .expect("count");
+        (h1, rows.unwrap_or(0))
+    };
+    let (h1, missed) = on_h1(h1).await;
+    assert_eq!(missed, 0, "h1 refused the write");
+
     // Reads try a replica at random: twenty reads all try h0 first once in a million.
     for _ in 0..20 {
         let read = client
             .get_tweet(GetTweetRequest { id })
             .await
-            .expect("the tweet reads back");
-        assert_eq!(read.into_inner().text, "only on h0");
+            .expect("the acknowledged tweet reads back");
+        assert_eq!(read.into_inner().text, "h1 missed this");
     }
     let many = client
         .get_tweets(GetTweetsRequest {
@@ -320,4 +350,9 @@ async fn a_tweet_on_one_replica_only_reads_back_from_either() {
         .await
         .expect_err("no replica holds it");
     assert_eq!(absent.code(), Code::NotFound, "{absent}");
+
+    queue.resume(Priority::High).await.expect("resume retries");
+    tests::cluster::drain(queue, Duration::from_secs(30)).await;
+    let (_, healed) = on_h1(h1).await;
+    assert_eq!(healed, 1, "the retry job brought the tweet to h1");
 }

@@ -1,6 +1,6 @@
 //! Gizzard job queue tests against MariaDB and SQLite: one suite run on both backends, the
-//! worker pool taking over the job of a worker that died mid-job, and a bounded enqueue while
-//! the MariaDB server is frozen.
+//! worker pool taking over the job of a worker that died mid-job, an idle pool polling once per
+//! interval, and a bounded enqueue while the MariaDB server is frozen.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +15,7 @@ use gizzard::{
         NewJob, Priority, QueueError, RetryPolicy, RetryTarget, WorkerSettings, Workers,
     },
 };
+use mysql_async::prelude::Queryable;
 use tests::{MariaDb, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -631,4 +632,50 @@ async fn enqueue_on_a_frozen_mariadb_fails_within_the_deadline() {
         async || queue.enqueue(&job(Priority::High, "after")).await.is_ok(),
     )
     .await;
+}
+
+/// An idle pool claims about once per poll interval, whatever its size: its idle workers take
+/// turns, so an idle server does not poll the nameserver once per worker. Counted by the
+/// claims' transactions on a private MariaDB: every empty claim ends in a ROLLBACK. A pool
+/// claiming per worker would make 4 x 20 = 80 in the second; taking turns, at most the 4
+/// first claims and 20 more.
+#[tokio::test]
+async fn an_idle_pool_claims_once_per_poll_interval_not_once_per_worker() {
+    let server = MariaDb::start().await.expect("start mariadb");
+    let url = server
+        .create_database("idle")
+        .await
+        .expect("create database");
+    let queue = open(&url).await;
+    let mut conn = server.connect("idle").await.expect("connect");
+    let rollbacks = async |conn: &mut mysql_async::Conn| -> u64 {
+        let row: Option<(String, u64)> = conn
+            .query_first("SHOW GLOBAL STATUS LIKE 'Com_rollback'")
+            .await
+            .expect("status");
+        row.expect("Com_rollback").1
+    };
+    let shutdown = CancellationToken::new();
+    let settings = WorkerSettings {
+        count: 4,
+        poll_interval: Duration::from_millis(50),
+        name: "idle-pool".into(),
+        ..WorkerSettings::default()
+    };
+    let before = rollbacks(&mut conn).await;
+    let pool = Workers::spawn(
+        queue,
+        Arc::new(Runner::default()),
+        settings,
+        shutdown.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let claims = rollbacks(&mut conn).await - before;
+    shutdown.cancel();
+    pool.await.expect("worker pool task");
+    assert!(
+        (2..=40).contains(&claims),
+        "{claims} empty claims in a second from 4 idle workers polling every 50 ms"
+    );
+    eprintln!("4 idle workers, poll interval 50 ms: {claims} claims in 1 s");
 }

@@ -6,8 +6,8 @@
 //! Idle workers of a pool take turns ([`IdleTurns`]): one sleeps out `poll_interval` and
 //! claims while the others wait behind it, so an idle server claims once per interval, not
 //! once per worker per interval; a claim that fills its batch wakes the next in line at once.
-//! A database error is logged and retried after `error_pause`. Nothing here panics on a failure of the database or of a job: a panicking
-//! job counts as a failed run.
+//! A database error is logged and retried after `error_pause`. Nothing here panics on a
+//! failure of the database or of a job: a panicking job counts as a failed run.
 //!
 //! Every run counts in `gizzard_jobs_run_total{job_type}` and its outcome in
 //! `gizzard_jobs_succeeded_total`, `gizzard_jobs_failed_total` (retried later or parked) and
@@ -221,9 +221,8 @@ struct Worker {
     idle: Arc<IdleTurns>,
 }
 
-/// How the idle workers of one pool share polling. Each server's pool used to claim once per
-/// worker per interval while idle: 4 workers, 40 claim transactions a second against the
-/// nameserver from every idle server.
+/// How the idle workers of one pool share polling. Were each to poll on its own, an idle
+/// server's 4 workers would make 40 claim transactions a second against the nameserver.
 #[derive(Default)]
 struct IdleTurns {
     /// Held by the idle worker whose turn it is to sleep and then claim; the others queue

@@ -341,7 +341,7 @@ impl Tweets {
             .collect();
         let confirms = misses
             .iter()
-            .map(|(tree, ids)| self.on_other_replicas(tree, ids));
+            .map(|(tree, ids)| self.on_every_replica(tree, ids));
         for tweet in join_all(confirms).await.into_iter().flatten() {
             found
                 .entry(tweet.id)
@@ -354,10 +354,11 @@ impl Tweets {
     /// Returns what the replicas of `tree` store of `ids`, which the replica read first did
     /// not have. A replica can lack an acknowledged tweet for a while (its write waits in the
     /// retry queue, or a fault lost it until anti-entropy repairs it), so a miss is asked of
-    /// every readable replica before it counts as not found. Suspect replicas are skipped,
-    /// and each other one gets its hedge to answer: a miss never waits for a frozen replica's
-    /// deadline. A replica that fails or is late adds nothing.
-    async fn on_other_replicas(&self, tree: &Node<TbirdShard>, ids: &[u64]) -> Vec<Tweet> {
+    /// every readable replica before it counts as not found; the one read first is asked
+    /// again, since the tree's read does not say which answered, and misses are rare. Suspect
+    /// replicas are skipped, and each other one gets its hedge to answer: a miss never waits
+    /// for a frozen replica's deadline. A replica that fails or is late adds nothing.
+    async fn on_every_replica(&self, tree: &Node<TbirdShard>, ids: &[u64]) -> Vec<Tweet> {
         // The readable leaves only: not a migration's half-copied destination, nor a blocked
         // one. The first read succeeded, so there is at least one.
         let leaves = tree.read_order(&mut rand::rng()).unwrap_or_default();
